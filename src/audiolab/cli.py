@@ -1,0 +1,71 @@
+"""Command-line entry points (``src/train.py``, ``src/eval.py``, ``audiolab-train``,
+``audiolab-eval``). Hydra composes ``conf/`` at the repository root."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from audiolab.utils.errors import AudiolabError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(os.environ.get("AUDIOLAB_CONFIG_DIR", REPO_ROOT / "conf"))
+
+
+def _prepare() -> None:
+    if not (CONFIG_DIR / "train.yaml").is_file():
+        sys.exit(
+            f"error: audiolab's configs were not found in {CONFIG_DIR}; install audiolab from a "
+            "clone with `pip install -e .` or set AUDIOLAB_CONFIG_DIR to the clone's conf/ folder"
+        )
+    # conf/paths/default.yaml roots every path here (data/, outputs/).
+    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT))
+
+
+def _run(config_name: str, task) -> None:
+    _prepare()
+
+    def entry(cfg: DictConfig):
+        try:
+            return task(cfg)
+        except AudiolabError as exc:
+            # A SystemExit passes through Hydra's error reporting: one line, no traceback.
+            raise SystemExit(f"error: {exc}") from None
+
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(entry)()
+
+
+def _train(cfg: DictConfig) -> float | None:
+    from audiolab.train import train
+    from audiolab.utils.hydra import apply_extras, metric_value
+
+    apply_extras(cfg)
+    metrics, _ = train(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def _eval(cfg: DictConfig) -> None:
+    from audiolab.evaluate import evaluate
+    from audiolab.utils.hydra import apply_extras
+
+    apply_extras(cfg)
+    evaluate(cfg)
+
+
+def train_main() -> None:
+    _run("train", _train)
+
+
+# Dotted overrides of the stored run config (data.root=..., model.decoder=...) are not keys
+# of eval.yaml: turn them into Hydra's add-or-override form.
+_STORED_OVERRIDE = re.compile(r"^(data|model)\.[\w.\-]+=")
+
+
+def eval_main() -> None:
+    sys.argv = [sys.argv[0]] + [("++" + a if _STORED_OVERRIDE.match(a) else a) for a in sys.argv[1:]]
+    _run("eval", _eval)

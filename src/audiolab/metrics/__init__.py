@@ -1,0 +1,3 @@
+from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy
+
+__all__ = ["RawChromaAccuracy", "RawPitchAccuracy"]

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` networks with explicit keyword arguments (no config objects)."""

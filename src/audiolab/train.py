@@ -1,0 +1,66 @@
+"""Training task: everything ``python src/train.py`` does, as a function of the config."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from audiolab.utils.checkpoint import StoreConfigInCheckpoint
+from audiolab.utils.hydra import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hyperparameters,
+    task_wrapper,
+)
+
+log = logging.getLogger("audiolab")
+
+
+def fill_task_defaults(cfg: DictConfig) -> None:
+    """``optimized_metric: null`` means the task's headline validation metric, declared by
+    its LightningModule (``monitor`` / ``monitor_mode``), e.g. ``val/rpa`` (max) for pitch."""
+    module_cls = hydra.utils.get_class(cfg.model._target_)
+    with open_dict(cfg):
+        if cfg.get("optimized_metric") is None:
+            cfg.optimized_metric = getattr(module_cls, "monitor", None)
+        if cfg.get("optimized_mode") is None:
+            cfg.optimized_mode = getattr(module_cls, "monitor_mode", "min")
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, then test with the best checkpoint. Returns ``(metrics, objects)``."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    fill_task_defaults(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    log.info(f"data: {cfg.data._target_}")
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    log.info(f"model: {cfg.model._target_}")
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+    log_hyperparameters(resolved, model, trainer)
+
+    if cfg.get("train", True):
+        log.info("training")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("test", False):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint was written (fast_dev_run or no checkpoint callback): testing the current weights")
+        log.info(f"testing with {best or 'the current weights'}")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if best:
+            metrics["best_ckpt"] = best
+    return metrics, objects

@@ -1,0 +1,1 @@
+"""Hydra and Lightning glue."""

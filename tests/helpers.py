@@ -1,0 +1,85 @@
+"""Shared test helpers: composing the real configs, running the real CLIs, locating
+../shared/data."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "conf"
+RUN_DIR_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}-\d{6}$")
+
+
+def shared_data_dir() -> Path | None:
+    """``$AUDIOLAB_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get("AUDIOLAB_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+def require_shared(*parts: str) -> Path:
+    base = shared_data_dir()
+    if base is None or not base.joinpath(*parts).exists():
+        pytest.skip(
+            f"shared test data {'/'.join(parts)} not found: set AUDIOLAB_SHARED_DATA or put "
+            "the shared/ folder beside the repository"
+        )
+    return base.joinpath(*parts)
+
+
+def compose_config(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    """Compose a real config the way the entry points do, with every output under ``out_dir``."""
+    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[f"paths.log_dir={out_dir}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.work_dir = str(REPO_ROOT)
+        del cfg["hydra"]
+    return cfg
+
+
+def run_cli(script: str, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python src/<script>.py args...`` from the repository root."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "src" / f"{script}.py"), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{script}.py {' '.join(args)} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-4000:]}"
+            f"\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def output_dir_of(proc: subprocess.CompletedProcess) -> Path:
+    """The run dir printed by the task wrapper (``Output dir: ...``)."""
+    found = re.findall(r"^Output dir: (.+)$", proc.stdout, flags=re.M)
+    assert found, f"no 'Output dir:' line in\n{proc.stdout[-3000:]}"
+    return Path(found[-1].strip())

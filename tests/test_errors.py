@@ -1,0 +1,57 @@
+"""Bad input gives a clear error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+import torch
+from helpers import compose_config, run_cli
+
+from audiolab.utils.checkpoint import load_checkpoint
+from audiolab.utils.errors import CheckpointError
+
+
+def test_unknown_model_name(tmp_path):
+    proc = run_cli("train", "model=crepo", f"paths.log_dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'model/crepo'" in proc.stderr
+    assert "Available options in 'model'" in proc.stderr and "crepe" in proc.stderr
+
+
+def test_missing_checkpoint(tmp_path):
+    proc = run_cli("eval", f"ckpt={tmp_path}/nope.ckpt", f"paths.log_dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    assert f"error: checkpoint not found: {tmp_path}/nope.ckpt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "notes.ckpt"
+    bogus.write_text("this is not a checkpoint\n")
+    proc = run_cli("eval", f"ckpt={bogus}", f"paths.log_dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    assert f"error: {bogus} is not a PyTorch checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+
+
+def test_torch_file_from_elsewhere_is_refused(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="is not an audiolab checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_impossible_f0_range_from_config(tmp_path):
+    cfg = compose_config("train", ["data.fmin=2500", "data.fmax=400"], tmp_path)
+    with pytest.raises(Exception, match=r"impossible f0 range fmin=2500.0 Hz, fmax=400.0 Hz"):
+        hydra.utils.instantiate(cfg.data)
+
+
+def test_data_at_the_wrong_rate_is_refused(tmp_path):
+    from audiolab.train import train
+
+    cfg = compose_config("train", ["debug=fdr", "data.sample_rate=8000", "data.fmax=1000"], tmp_path)
+    with pytest.raises(ValueError, match="expects 16000 Hz audio but the data is at 8000 Hz"):
+        train(cfg)
