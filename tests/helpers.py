@@ -83,3 +83,34 @@ def output_dir_of(proc: subprocess.CompletedProcess) -> Path:
     found = re.findall(r"^Output dir: (.+)$", proc.stdout, flags=re.M)
     assert found, f"no 'Output dir:' line in\n{proc.stdout[-3000:]}"
     return Path(found[-1].strip())
+
+
+def read_wandb_records(path: Path) -> list:
+    """Parse an offline W&B run file (``run-<id>.wandb``) into protobuf ``Record``s.
+
+    The file is a 7-byte header (``:W&B``, magic, version) followed by a LevelDB-style log:
+    32 KiB blocks of chunks, each ``crc32 (4) | length (2, little endian) | type (1)``;
+    type 1 is a whole record, 2/3/4 the first/middle/last piece of a split one."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    block, pos, records, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left_in_block = block - pos % block
+        if left_in_block < 7:  # block trailer padding
+            pos += left_in_block
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records

@@ -82,5 +82,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "metrics": metrics,
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    # exactly what was evaluated: the stored run config with this command's changes
+    OmegaConf.save(run, out_dir / "run_config.yaml")
     print_table(metrics, title=f"test metrics ({Path(cfg.ckpt).name})")
     return metrics, {"cfg": cfg, "run": run, "datamodule": datamodule, "model": model, "trainer": trainer}
