@@ -44,6 +44,20 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return instantiate_group(cfg, "logger")
 
 
+def single_console_log() -> None:
+    """Importing ``lightning`` attaches its own console handler to the ``lightning`` logger,
+    which still propagates to the root logger that Hydra configured: every Lightning
+    message would be printed twice. Keep Hydra's (it also writes the run's log file)."""
+    import lightning  # noqa: F401 - the import adds the handler
+
+    if not logging.getLogger().handlers:
+        return
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+
+
 def close_loggers() -> None:
     """Finish the W&B run, if one was started, so that the next multirun job starts its own."""
     wandb = sys.modules.get("wandb")
@@ -64,7 +78,7 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             raise
         finally:
             output_dir = cfg.get("paths", {}).get("output_dir")
-            if output_dir:
+            if output_dir and rank_zero_only.rank == 0:
                 print(f"Output dir: {output_dir}", flush=True)
             close_loggers()
 
@@ -74,6 +88,7 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
 def apply_extras(cfg: DictConfig) -> None:
     """Optional conveniences from ``cfg.extras``: silence Python warnings, print the
     config tree (and save it beside the run)."""
+    single_console_log()
     extras = cfg.get("extras")
     if not extras:
         return

@@ -1,0 +1,1 @@
+"""DataModules, datasets and synthetic data generators."""
