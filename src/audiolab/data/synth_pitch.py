@@ -229,7 +229,7 @@ class SynthPitchDataset(Dataset):
         frames = audio.unfold(-1, self.frame_length, self.hop_length)
         return [
             {"frames": fr, "f0": f, "voiced": v, "index": torch.tensor(int(i))}
-            for fr, f, v, i in zip(frames, f0, voiced, indices)
+            for fr, f, v, i in zip(frames, f0, voiced, indices, strict=True)
         ]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -276,10 +276,10 @@ class SynthPitchDataModule(L.LightningDataModule):
         fmin: float = 32.7,
         fmax: float = 1975.5,
         clip_seconds: float = 1.0,
-        batch_size: int = 128,
+        batch_size: int = 32,
         eval_batch_size: int = 8,
-        train_batches_per_epoch: int = 200,
-        val_clips: int = 64,
+        train_batches_per_epoch: int = 300,
+        val_clips: int = 32,
         test_clips: int = 128,
         seed: int = 0,
         num_workers: int = 0,
