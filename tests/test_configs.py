@@ -6,7 +6,7 @@ from __future__ import annotations
 import hydra
 import pytest
 import torch
-from helpers import CONFIG_DIR, compose_config
+from helpers import CONFIG_DIR, compose_config, require_shared
 from omegaconf import OmegaConf
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "extras", "debug", "experiment", "hparams_search"]
@@ -14,6 +14,9 @@ GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "extras", 
 # (data, model) pairs that are meant to train together. Every data and model option must
 # appear in at least one pair (checked below), so a new config cannot skip this test.
 PAIRS = [("synth_pitch", "crepe")]
+# DataModules written ahead of the model that will use them (shared by later tasks):
+# each must still instantiate from its config and give a batch.
+STANDALONE_DATA = {"fsdd": ("fsdd",)}
 
 
 def options(group: str) -> list[str]:
@@ -37,7 +40,7 @@ def test_eval_config_composes(data, tmp_path):
 
 
 def test_every_option_is_in_a_pair():
-    assert {d for d, _ in PAIRS} == set(options("data"))
+    assert {d for d, _ in PAIRS} | set(STANDALONE_DATA) == set(options("data"))
     assert {m for _, m in PAIRS} == set(options("model"))
 
 
@@ -53,3 +56,14 @@ def test_pair_instantiates_and_runs(data, model, tmp_path):
         out = module(batch["frames"][:1, :4])
     assert out.shape[:2] == (1, 4)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("data", sorted(STANDALONE_DATA))
+def test_standalone_data_instantiates(data, tmp_path):
+    root = require_shared(*STANDALONE_DATA[data])
+    cfg = compose_config("train", [f"data={data}", f"data.root={root}", f"paths.data_dir={tmp_path}"], tmp_path)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.val_dataloader()))
+    assert all(torch.isfinite(v.float()).all() for v in batch.values())

@@ -1,0 +1,1 @@
+"""DSP helpers: features, framing, resampling."""
