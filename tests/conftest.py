@@ -14,3 +14,9 @@ def _clear_hydra():
 
     yield
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One feature-cache folder for the whole session (FSDD features are computed once)."""
+    return tmp_path_factory.mktemp("data_cache")

@@ -1,3 +1,4 @@
 from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy
+from audiolab.metrics.spectral import LogSpectralDistance, log_spectral_distance
 
-__all__ = ["RawChromaAccuracy", "RawPitchAccuracy"]
+__all__ = ["LogSpectralDistance", "RawChromaAccuracy", "RawPitchAccuracy", "log_spectral_distance"]

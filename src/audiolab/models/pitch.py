@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 
 from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy
+from audiolab.models.base import TaskModule
 from audiolab.pitch.cents import gaussian_targets
 from audiolab.pitch.decode import DECODERS, decode
 
 
-class PitchModule(L.LightningModule):
+class PitchModule(TaskModule):
     """Frame-wise pitch classification over the CREPE bin grid.
 
     Batches are dicts with ``frames`` ``(B, T, frame_length)``, ``f0`` ``(B, T)`` in Hz and
@@ -49,13 +49,11 @@ class PitchModule(L.LightningModule):
         sample_rate: int = 16000,
         metrics: dict[str, object] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if decoder not in DECODERS:
             raise ValueError(f"unknown pitch decoder {decoder!r}; choose one of {sorted(DECODERS)}")
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "metrics"])
         self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         extra = dict(metrics or {})
         for stage in ("val", "test"):
             collection = MetricCollection(
@@ -112,13 +110,3 @@ class PitchModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
-        }

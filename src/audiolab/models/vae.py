@@ -1,0 +1,140 @@
+"""VAE spectrogram generation task: one LightningModule for (conditional) VAEs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audiolab.audio.features import min_max_denormalise
+from audiolab.metrics.spectral import LogSpectralDistance
+from audiolab.models.base import TaskModule
+
+RECON_LOSSES = ("mse", "sse")
+
+
+class VAEModule(TaskModule):
+    """Trains a VAE on normalised spectrograms.
+
+    Batches are dicts with ``spec`` ``(B, C, bins, frames)`` in [0, 1], the clips' ``min``
+    and ``max`` (dB, to measure the log-spectral distance in dB) and, for a conditional
+    net, the label named by ``label_key``.
+
+    Loss: ``recon_weight * recon + beta * KL``, where ``recon`` is ``mse`` (mean over every
+    value: the classic recipe, with ``recon_weight`` 1e6) or ``sse`` (sum over the values of
+    an item, mean over items); ``beta`` ramps linearly from 0 to ``kl_weight`` over
+    ``kl_warmup_steps``; with ``free_bits`` > 0 every latent dimension's KL (batch mean) is
+    floored at that many nats, so the encoder is not pushed to ignore the input.
+
+    Args:
+        net: a network with ``encode``, ``decode``, ``forward`` and ``sample`` (ConvVAE).
+        optimizer, scheduler: partials (``_partial_: true``).
+        label_key: batch key of the class label for a conditional net (``n_classes`` > 0).
+    """
+
+    monitor = "val/lsd"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., object] | None = None,
+        recon_loss: str = "mse",
+        recon_weight: float = 1.0e6,
+        kl_weight: float = 1.0,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        label_key: str = "digit",
+    ) -> None:
+        super().__init__(optimizer, scheduler)
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"unknown recon_loss {recon_loss!r}; choose one of {RECON_LOSSES}")
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.val_lsd = LogSpectralDistance()
+        self.test_lsd = LogSpectralDistance()
+
+    @property
+    def conditional(self) -> bool:
+        return getattr(self.net, "n_classes", 0) > 0
+
+    def labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch[self.hparams.label_key] if self.conditional else None
+
+    # -- generation API ---------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, spec: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean (no sampling noise)."""
+        mu, _ = self.net.encode(spec, labels)
+        return self.net.decode(mu, labels)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Spectrograms decoded from the prior; ``labels`` (n,) for a conditional net."""
+        if self.conditional and labels is None:
+            raise ValueError(f"this VAE is conditioned on {self.hparams.label_key!r}: pass labels")
+        return self.net.sample(n, labels, generator=generator)
+
+    @torch.no_grad()
+    def interpolate(
+        self, spec_a: torch.Tensor, spec_b: torch.Tensor, steps: int = 8, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decode ``steps`` points on the line between the posterior means of two clips
+        ``(C, bins, frames)``; returns ``(steps, C, bins, frames)``."""
+        lab = None if labels is None else labels.reshape(1).expand(2)
+        mu, _ = self.net.encode(torch.stack([spec_a, spec_b]), lab)
+        t = torch.linspace(0, 1, steps, device=mu.device)[:, None]
+        z = (1 - t) * mu[0] + t * mu[1]
+        return self.net.decode(z, None if labels is None else labels.reshape(1).expand(steps))
+
+    # -- training ---------------------------------------------------------------
+    def kl_beta(self) -> float:
+        warmup = self.hparams.kl_warmup_steps
+        ramp = min(1.0, self.global_step / warmup) if warmup > 0 else 1.0
+        return self.hparams.kl_weight * ramp
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["spec"]
+        recon, mu, logvar = self.net(x, self.labels(batch))
+        if self.hparams.recon_loss == "mse":
+            rec = F.mse_loss(recon, x)
+        else:
+            rec = (recon - x).pow(2).flatten(1).sum(dim=1).mean()
+        kl_per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=0)
+        kl = kl_per_dim.sum()
+        kl_term = kl_per_dim.clamp_min(self.hparams.free_bits).sum() if self.hparams.free_bits > 0 else kl
+        beta = self.kl_beta()
+        loss = self.hparams.recon_weight * rec + beta * kl_term
+        return {"loss": loss, "recon": rec, "kl": kl, "beta": torch.tensor(beta), "x_hat": recon}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._losses(batch)
+        n = batch["spec"].shape[0]
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": out[k] for k in ("recon", "kl", "beta")}, on_epoch=True, batch_size=n)
+        return out["loss"]
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        out = self._losses(batch)
+        x = batch["spec"]
+        recon = self.reconstruct(x, self.labels(batch))
+        db_ref = min_max_denormalise(x, batch["min"][:, None], batch["max"][:, None])
+        db_est = min_max_denormalise(recon, batch["min"][:, None], batch["max"][:, None])
+        lsd = getattr(self, f"{stage}_lsd")
+        lsd.update(db_est, db_ref)
+        n = x.shape[0]
+        self.log_dict(
+            {f"{stage}/loss": out["loss"], f"{stage}/recon": out["recon"], f"{stage}/kl": out["kl"],
+             f"{stage}/mse": F.mse_loss(recon, x)},
+            on_epoch=True, batch_size=n, sync_dist=True,
+        )
+        self.log(f"{stage}/lsd", lsd, on_epoch=True, prog_bar=True, batch_size=n)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")

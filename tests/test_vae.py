@@ -1,0 +1,109 @@
+"""Conv VAE network, VAEModule losses and generation API, spectral metrics, Griffin-Lim."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from audiolab.audio.features import LogSpectrogram, db_to_amplitude, griffin_lim
+from audiolab.metrics.spectral import LogSpectralDistance, log_spectral_distance
+from audiolab.models.vae import VAEModule
+from audiolab.nets.conv_vae import ConvVAE
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def test_baseline_architecture_is_the_classic_one():
+    net = ConvVAE()  # defaults = the classic FSDD VAE
+    convs = [m for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [512, 256, 128, 64, 32]
+    assert [c.stride for c in convs] == [(2, 2)] * 4 + [(2, 1)]
+    assert net.bottleneck_shape == (32, 8, 4) and net.latent_dim == 128
+    # trainable parameters of the Keras original (its summary also lists the
+    # non-trainable batch-norm statistics)
+    assert sum(p.numel() for p in net.parameters()) == 2_368_833
+    x = torch.rand(2, 1, 256, 64)
+    recon, mu, logvar = net(x)
+    assert recon.shape == x.shape and mu.shape == logvar.shape == (2, 128)
+    assert recon.min() >= 0 and recon.max() <= 1
+
+
+def test_conditional_vae_needs_labels_and_checks_shapes():
+    net = ConvVAE(filters=(8, 8, 8, 8, 8), n_classes=10, residual_blocks=1)
+    x = torch.rand(3, 1, 256, 64)
+    with pytest.raises(ValueError, match="conditional: pass the class labels"):
+        net(x)
+    assert net(x, torch.tensor([0, 5, 9]))[0].shape == x.shape
+    with pytest.raises(ValueError, match=r"expected spectrograms of shape \(B, 1, 256, 64\)"):
+        net(torch.rand(3, 1, 128, 64), torch.tensor([0, 1, 2]))
+
+
+def small_module(**kwargs):
+    net = ConvVAE(filters=(8, 8, 8, 8, 8), latent_dim=16, n_classes=kwargs.pop("n_classes", 0))
+    return VAEModule(net, adam, **kwargs)
+
+
+def batch(n=4):
+    return {
+        "spec": torch.rand(n, 1, 256, 64),
+        "min": torch.full((n,), -80.0),
+        "max": torch.zeros(n),
+        "digit": torch.arange(n) % 10,
+    }
+
+
+def test_losses_kl_warmup_and_free_bits():
+    module = small_module(recon_loss="sse", recon_weight=1.0, kl_weight=0.5, kl_warmup_steps=100, free_bits=0.5)
+    out = module._losses(batch())
+    assert out["beta"].item() == 0.0  # step 0 of the warm-up
+    assert out["loss"].item() == pytest.approx(out["recon"].item(), rel=1e-6)
+    assert out["recon"].item() > 100  # summed over 16,384 values per item
+    no_warmup = small_module(kl_weight=0.5, free_bits=0.5)
+    out = no_warmup._losses(batch())
+    # free bits: the KL term is at least latent_dim x 0.5 nats even if the true KL is smaller
+    floor = 16 * 0.5
+    expected = 1e6 * out["recon"].item() + 0.5 * max(floor, out["kl"].item())
+    assert out["loss"].item() >= expected * (1 - 1e-5)
+
+
+def test_generation_api():
+    module = small_module(n_classes=10).eval()
+    b = batch()
+    with pytest.raises(ValueError, match="conditioned on 'digit'"):
+        module.sample(2)
+    samples = module.sample(5, torch.tensor([7] * 5), generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 1, 256, 64)
+    path = module.interpolate(b["spec"][0], b["spec"][1], steps=6, labels=torch.tensor(3))
+    assert path.shape == (6, 1, 256, 64)
+    ends = module.reconstruct(b["spec"][:2], torch.tensor([3, 3]))
+    assert torch.allclose(path[0], ends[0], atol=1e-5) and torch.allclose(path[-1], ends[1], atol=1e-5)
+
+
+def test_log_spectral_distance():
+    ref = torch.randn(3, 256, 64) * 10
+    assert log_spectral_distance(ref + 4.0, ref) == pytest.approx(torch.full((3,), 4.0))
+    metric = LogSpectralDistance()
+    metric.update(ref + 2.0, ref)
+    metric.update(ref[:1] + 5.0, ref[:1])
+    assert metric.compute().item() == pytest.approx((2 + 2 + 2 + 5) / 4)
+
+
+def test_griffin_lim_recovers_a_tone():
+    sr, n_fft, hop = 22050, 512, 256
+    t = torch.arange(16317) / sr
+    audio = 0.5 * torch.sin(2 * math.pi * 440 * t)
+    spec = LogSpectrogram(n_fft, hop)
+    db = spec(audio[None])
+    wave = griffin_lim(db_to_amplitude(db), n_fft, hop, n_iter=32, length=audio.numel())
+    assert wave.shape == (1, audio.numel())
+    # the magnitude spectrogram of the reconstruction matches (spectral convergence)
+    target = spec.magnitude(audio[None])
+    got = spec.magnitude(wave)
+    convergence = (got - target).norm() / target.norm()
+    assert convergence < 0.2, convergence  # 0.14 after 32 iterations, as Griffin-Lim goes
+    peak_hz = torch.fft.rfft(wave[0]).abs().argmax().item() * sr / wave.shape[-1]
+    assert abs(peak_hz - 440) < 2, peak_hz
