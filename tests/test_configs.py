@@ -3,7 +3,6 @@ instantiates and runs a forward pass."""
 
 from __future__ import annotations
 
-import hydra
 import pytest
 import torch
 from helpers import CONFIG_DIR, compose_config, require_shared
