@@ -1,5 +1,5 @@
-"""Command-line entry points (``src/train.py``, ``src/eval.py``, ``audiolab-train``,
-``audiolab-eval``). Hydra composes ``conf/`` at the repository root."""
+"""Command-line entry points (``src/train.py``, ``src/eval.py``, ``src/generate.py`` and
+the console scripts ``audiolab-train``, ``audiolab-eval``, ``audiolab-generate``). Hydra composes ``conf/`` at the repository root."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def _eval(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
+def _generate(cfg: DictConfig) -> None:
+    from audiolab.generate import generate
+    from audiolab.utils.hydra import apply_extras
+
+    apply_extras(cfg)
+    generate(cfg)
+
+
 def train_main() -> None:
     _run("train", _train)
 
@@ -69,3 +77,7 @@ _STORED_OVERRIDE = re.compile(r"^(data|model)\.[\w.\-]+=")
 def eval_main() -> None:
     sys.argv = [sys.argv[0]] + [("++" + a if _STORED_OVERRIDE.match(a) else a) for a in sys.argv[1:]]
     _run("eval", _eval)
+
+
+def generate_main() -> None:
+    _run("generate", _generate)

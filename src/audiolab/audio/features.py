@@ -115,3 +115,20 @@ def griffin_lim(
         n_fft=n_fft, hop_length=hop_length, n_iter=n_iter, power=1.0, length=length, rand_init=False
     ).to(magnitude.device)
     return transform(magnitude)
+
+
+def spectrogram_to_audio(
+    spec: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    n_fft: int,
+    hop_length: int,
+    n_iter: int = 64,
+    length: int | None = None,
+) -> torch.Tensor:
+    """Normalised log-spectrograms ``(B, 1, bins, frames)`` (or ``(B, bins, frames)``) and
+    their dB ``min``/``max`` ``(B,)`` -> waveforms ``(B, samples)`` by Griffin-Lim."""
+    if spec.dim() == 4:
+        spec = spec[:, 0]
+    magnitude = db_to_amplitude(min_max_denormalise(spec.float(), lo.float(), hi.float()))
+    return griffin_lim(magnitude, n_fft, hop_length, n_iter=n_iter, length=length)

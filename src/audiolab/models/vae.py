@@ -56,6 +56,9 @@ class VAEModule(TaskModule):
         self.net = net
         self.val_lsd = LogSpectralDistance()
         self.test_lsd = LogSpectralDistance()
+        # running mean of the clips' dB min and max: turns prior samples (which have no
+        # min/max of their own) back into sound without the training data
+        self.register_buffer("db_range", torch.tensor([-80.0, 0.0]))
 
     @property
     def conditional(self) -> bool:
@@ -111,6 +114,10 @@ class VAEModule(TaskModule):
         return {"loss": loss, "recon": rec, "kl": kl, "beta": torch.tensor(beta), "x_hat": recon}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            observed = torch.stack([batch["min"].mean(), batch["max"].mean()]).to(self.db_range)
+            momentum = 1.0 if self.global_step == 0 else 0.01
+            self.db_range.lerp_(observed, momentum)
         out = self._losses(batch)
         n = batch["spec"].shape[0]
         self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
