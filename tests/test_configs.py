@@ -12,7 +12,7 @@ GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "extras", 
 
 # (data, model) pairs that are meant to train together. Every data and model option must
 # appear in at least one pair (checked below), so a new config cannot skip this test.
-PAIRS = [("synth_pitch", "crepe"), ("fsdd", "vae_baseline"), ("fsdd", "vae")]
+PAIRS = [("synth_pitch", "crepe"), ("fsdd", "vae_baseline"), ("fsdd", "vae"), ("fsdd", "digit_classifier")]
 # Overrides that make one fast_dev_run step of each data option cheap; a tuple names a
 # folder of ../shared/data that becomes data.root.
 SMALL_DATA = {
