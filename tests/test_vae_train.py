@@ -9,14 +9,13 @@ from helpers import compose_config, require_shared, run_cli
 
 from audiolab.train import train
 
-TINY_VAE = [
-    "model.net.filters=[8,8,8,8,8]",
-    "model.net.latent_dim=8",
+TINY_DATA = [
     "data.batch_size=8",
     "data.eval_batch_size=8",
     "data.speakers=[george]",
     "extras.print_config=false",
 ]
+TINY_VAE = ["model.net.filters=[8,8,8,8,8]", "model.net.latent_dim=8", *TINY_DATA]
 
 
 @pytest.fixture
@@ -67,3 +66,32 @@ def test_generate_refuses_what_it_cannot_do(tmp_path, fsdd):
     train(pitch)
     proc = run_cli("generate", f"ckpt={tmp_path / 'pitch' / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path}", check=False)
     assert proc.returncode == 1 and "is a PitchModule checkpoint; generate.py needs a VAE checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
+def test_generation_metrics_from_a_trained_classifier(tmp_path, fsdd):
+    clf = compose_config(
+        "train",
+        ["data=fsdd", "model=digit_classifier", "debug=limit", "trainer.max_epochs=1",
+         "model.net.channels=[4,8]", *TINY_DATA, *fsdd],
+        tmp_path / "clf",
+    )
+    train(clf)
+    clf_ckpt = tmp_path / "clf" / "checkpoints" / "last.ckpt"
+    vae = compose_config(
+        "train",
+        ["data=fsdd", "model=vae", "debug=limit", "trainer.max_epochs=1", f"model.classifier_ckpt={clf_ckpt}",
+         "model.samples_per_class=3", *TINY_VAE, *fsdd],
+        tmp_path / "vae",
+    )
+    metrics, _ = train(vae)
+    for key in ("test/real_acc", "test/gen_acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    for key in ("test/real_is", "test/gen_is"):
+        assert 1.0 - 1e-6 <= metrics[key] <= 10.0 + 1e-6
+    assert metrics["test/real_fd"] >= 0 and metrics["test/gen_fd"] >= 0
+
+    # eval.py on a VAE trained without a classifier: the classifier is an override
+    vae_ckpt = tmp_path / "vae" / "checkpoints" / "last.ckpt"
+    proc = run_cli("eval", f"ckpt={vae_ckpt}", f"model.classifier_ckpt={clf_ckpt}", f"paths.log_dir={tmp_path}")
+    assert "test/gen_fd" in proc.stdout and "test/real_is" in proc.stdout

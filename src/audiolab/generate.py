@@ -5,29 +5,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import soundfile as sf
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from audiolab.audio.features import spectrogram_to_audio
-from audiolab.utils.checkpoint import load_checkpoint, stored_config
+from audiolab.utils.checkpoint import load_module
 from audiolab.utils.errors import AudiolabError
 from audiolab.utils.hydra import task_wrapper
 from audiolab.utils.media import figure_to_array
 from audiolab.utils.plots import spectrogram_grid
 
 log = logging.getLogger("audiolab")
-
-
-def load_module(ckpt: str, device: str = "cpu"):
-    """The LightningModule of an audiolab checkpoint, rebuilt from its stored config,
-    with its weights, in eval mode. Returns ``(module, run_config)``."""
-    checkpoint = load_checkpoint(ckpt)
-    run = OmegaConf.create(stored_config(checkpoint))
-    module = hydra.utils.instantiate(run.model)
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.to(device).eval(), run
 
 
 @task_wrapper

@@ -28,10 +28,20 @@ class VAEModule(TaskModule):
     ``kl_warmup_steps``; with ``free_bits`` > 0 every latent dimension's KL (batch mean) is
     floored at that many nats, so the encoder is not pushed to ignore the input.
 
+    Generation quality (test stage, when ``classifier_ckpt`` names a classifier trained with
+    audiolab, e.g. ``experiment=digit_classifier_fsdd``): ``samples_per_class`` prior samples
+    per class are scored by the classifier: ``test/gen_acc`` (conditional VAEs: share
+    classified as the requested class), ``test/gen_is`` (Inception Score) and
+    ``test/gen_fd`` (Frechet distance of the classifier embeddings to the real test split),
+    beside the real data's values as reference: ``test/real_acc``, ``test/real_is`` (test
+    split) and ``test/real_fd`` (validation vs test split).
+
     Args:
         net: a network with ``encode``, ``decode``, ``forward`` and ``sample`` (ConvVAE).
         optimizer, scheduler: partials (``_partial_: true``).
         label_key: batch key of the class label for a conditional net (``n_classes`` > 0).
+        classifier_ckpt: checkpoint of a ClassifierModule for the generation metrics.
+        samples_per_class: prior samples per class for the generation metrics.
     """
 
     monitor = "val/lsd"
@@ -48,6 +58,8 @@ class VAEModule(TaskModule):
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
         label_key: str = "digit",
+        classifier_ckpt: str | None = None,
+        samples_per_class: int = 50,
     ) -> None:
         super().__init__(optimizer, scheduler)
         if recon_loss not in RECON_LOSSES:
@@ -145,3 +157,52 @@ class VAEModule(TaskModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
+        if self.hparams.classifier_ckpt:
+            self._test_real.append({k: batch[k].detach() for k in ("spec", self.hparams.label_key)})
+
+    def on_test_epoch_start(self) -> None:
+        self._test_real: list[dict[str, torch.Tensor]] = []
+
+    def on_test_epoch_end(self) -> None:
+        if self.hparams.classifier_ckpt:
+            self.log_dict(self.generation_metrics(), sync_dist=True)
+
+    @torch.no_grad()
+    def generation_metrics(self) -> dict[str, float]:
+        from audiolab.metrics.generation import frechet_distance, inception_score
+        from audiolab.utils.checkpoint import load_module
+
+        classifier, _ = load_module(self.hparams.classifier_ckpt, self.device)
+        key = self.hparams.label_key
+        n_classes = classifier.hparams.n_classes
+
+        def score(specs: torch.Tensor):
+            probs, feats = [], []
+            for chunk in specs.split(128):
+                feats.append(classifier.net.embed(chunk))
+                probs.append(torch.softmax(classifier.net.head(feats[-1]), dim=-1))
+            return torch.cat(probs), torch.cat(feats)
+
+        real_spec = torch.cat([b["spec"] for b in self._test_real])
+        real_labels = torch.cat([b[key] for b in self._test_real])
+        real_probs, real_feats = score(real_spec)
+        val_spec = torch.cat([b["spec"].to(self.device) for b in self.trainer.datamodule.val_dataloader()])
+        _, val_feats = score(val_spec)
+
+        labels = torch.arange(n_classes, device=self.device).repeat_interleave(self.hparams.samples_per_class)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        samples = torch.cat([
+            self.net.sample(len(chunk), chunk if self.conditional else None, generator=generator)
+            for chunk in labels.split(128)
+        ])
+        gen_probs, gen_feats = score(samples)
+        metrics = {
+            "test/real_acc": (real_probs.argmax(-1) == real_labels).float().mean().item(),
+            "test/real_is": inception_score(real_probs).item(),
+            "test/real_fd": frechet_distance(val_feats, real_feats).item(),
+            "test/gen_is": inception_score(gen_probs).item(),
+            "test/gen_fd": frechet_distance(gen_feats, real_feats).item(),
+        }
+        if self.conditional:
+            metrics["test/gen_acc"] = (gen_probs.argmax(-1) == labels).float().mean().item()
+        return metrics

@@ -46,3 +46,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint[CONFIG_KEY]["config"]
+
+
+def load_module(path: str | Path, device: str | torch.device = "cpu"):
+    """The LightningModule of an audiolab checkpoint, rebuilt from its stored config, with
+    its weights, in eval mode. Returns ``(module, run_config)``."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    checkpoint = load_checkpoint(path)
+    run = OmegaConf.create(stored_config(checkpoint))
+    module = hydra.utils.instantiate(run.model)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(device).eval(), run
