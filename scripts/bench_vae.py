@@ -1,0 +1,114 @@
+"""Baseline VAE vs audiolab's VAE on FSDD with the same training budget, in one run.
+
+Both models train on the FSDD train split for the same number of epochs (and at most the
+same wall time each), then the test stage scores them with the same digit classifier:
+
+    .venv/bin/python scripts/bench_vae.py --classifier-ckpt outputs/digit_classifier_fsdd/<run>/checkpoints/epoch_XXX.ckpt \
+        [--fsdd-root ../shared/data/fsdd] [--epochs 2] [--max-minutes 30]
+
+Prints one table: test LSD (dB), test MSE, accuracy of digit-conditioned samples, Inception
+Score and Frechet distance (with the real test split's values as reference), training
+seconds per epoch and prior samples generated per second (spectrograms, and audio through
+Griffin-Lim), plus the ratio ours / baseline of every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from audiolab.audio.features import spectrogram_to_audio
+from audiolab.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_run(model: str, args, out_dir: Path):
+    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO))
+    GlobalHydra.instance().clear()
+    overrides = [
+        "data=fsdd", f"model={model}", "callbacks=default", "logger=csv",
+        f"data.root={args.fsdd_root}", f"model.classifier_ckpt={Path(args.classifier_ckpt).resolve()}",
+        f"model.samples_per_class={args.samples_per_class}", f"trainer.max_epochs={args.epochs}",
+        "trainer.max_time=00:{:02d}:{:02d}:00".format(*divmod(args.max_minutes, 60)), "callbacks.rich_progress_bar=null",
+        "extras.print_config=false", f"seed={args.seed}", f"paths.log_dir={out_dir}",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir / model)
+        del cfg["hydra"]
+    return cfg
+
+
+def sampling_speed(module, datamodule, n: int = 200) -> tuple[float, float]:
+    """Prior samples per second: spectrograms only, and turned into audio."""
+    module.eval()
+    labels = torch.arange(n) % 10 if module.conditional else None
+    start = time.perf_counter()
+    specs = module.sample(n, labels)
+    spec_rate = n / (time.perf_counter() - start)
+    hp = datamodule.hparams
+    m = min(n, 50)
+    start = time.perf_counter()
+    spectrogram_to_audio(
+        specs[:m], module.db_range[0].expand(m), module.db_range[1].expand(m), hp.n_fft, hp.hop_length,
+        n_iter=32, length=round(hp.duration * hp.sample_rate),
+    )
+    audio_rate = m / (time.perf_counter() - start)
+    return spec_rate, audio_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier-ckpt", required=True, help="experiment=digit_classifier_fsdd checkpoint")
+    parser.add_argument("--fsdd-root", default=str(REPO.parent / "shared" / "data" / "fsdd"))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-minutes", type=int, default=30, help="wall-time cap per model")
+    parser.add_argument("--samples-per-class", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--out", default=str(REPO / "outputs" / "bench_vae"))
+    args = parser.parse_args()
+    out_dir = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+    rows: dict[str, dict[str, float]] = {}
+    for model in ("vae_baseline", "vae"):
+        cfg = compose_run(model, args, out_dir)
+        start = time.perf_counter()
+        metrics, objects = train(cfg)
+        elapsed = time.perf_counter() - start
+        trainer = objects["trainer"]
+        epochs = max(trainer.current_epoch, 1)
+        spec_rate, audio_rate = sampling_speed(objects["model"], objects["datamodule"])
+        rows[model] = {
+            **{k: v for k, v in metrics.items() if k.startswith("test/")},
+            "epochs": trainer.current_epoch,
+            "train s / epoch (incl. validation)": elapsed / epochs,
+            "spectrograms / s": spec_rate,
+            "audio clips / s (Griffin-Lim 32)": audio_rate,
+        }
+
+    keys = ["test/lsd", "test/mse", "test/gen_acc", "test/gen_is", "test/gen_fd", "test/real_acc", "test/real_is",
+            "test/real_fd", "epochs", "train s / epoch (incl. validation)", "spectrograms / s",
+            "audio clips / s (Griffin-Lim 32)"]
+    print(f"\nFSDD, {args.epochs} epochs (cap {args.max_minutes} min each), classifier {args.classifier_ckpt}")
+    print(f"{'metric':<38}{'baseline':>12}{'ours':>12}{'ours/base':>11}")
+    for key in keys:
+        base, ours = rows["vae_baseline"].get(key), rows["vae"].get(key)
+        fmt = lambda v: f"{v:>12.4f}" if isinstance(v, float) else (f"{v:>12}" if v is not None else f"{'-':>12}")  # noqa: E731
+        ratio = f"{ours / base:>11.3f}" if isinstance(base, (int, float)) and isinstance(ours, (int, float)) and base else f"{'-':>11}"
+        print(f"{key:<38}{fmt(base)}{fmt(ours)}{ratio}")
+    print(f"runs in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
