@@ -6,6 +6,7 @@ import logging
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import default_collate
 
 from audiolab.audio.features import spectrogram_to_audio
 from audiolab.utils.media import figure_to_array, log_audio, log_image
@@ -15,8 +16,8 @@ log = logging.getLogger("audiolab")
 
 
 class VAEMediaCallback(Callback):
-    """After every ``every_n_epochs`` validation epoch (rank zero only): a grid of the
-    first ``n_items`` validation spectrograms, their reconstructions and as many prior
+    """After every ``every_n_epochs`` validation epoch (rank zero only): a grid of
+    ``n_items`` validation spectrograms (spread evenly over the validation set), their reconstructions and as many prior
     samples (conditioned on the same labels for a conditional VAE), and ``n_audio`` of
     each as sound (Griffin-Lim, for linear log-spectrogram features).
 
@@ -35,8 +36,11 @@ class VAEMediaCallback(Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         loader = trainer.val_dataloaders
-        batch = next(iter(loader[0] if isinstance(loader, list) else loader))
-        batch = {k: v[: self.n_items].to(pl_module.device) for k, v in batch.items()}
+        dataset = (loader[0] if isinstance(loader, list) else loader).dataset
+        # items spread evenly over the validation set (it is ordered: all of one digit first)
+        picks = torch.linspace(0, len(dataset) - 1, min(self.n_items, len(dataset))).round().long().tolist()
+        batch = default_collate([dataset[i] for i in picks])
+        batch = {k: v.to(pl_module.device) for k, v in batch.items()}
         labels = pl_module.labels(batch)
         was_training = pl_module.training
         pl_module.eval()
