@@ -36,6 +36,16 @@ class TaskModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
 
+    def evaluation_step(self, batch, stage: str) -> None:
+        """One validation (``stage='val'``) or test (``stage='test'``) batch."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluation_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.evaluation_step(batch, "test")
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:

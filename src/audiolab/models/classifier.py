@@ -69,7 +69,7 @@ class ClassifierModule(TaskModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=spec.shape[0])
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         logits = self.net(batch["spec"])
         labels = batch[self.hparams.label_key]
         acc = getattr(self, f"{stage}_acc")
@@ -77,9 +77,3 @@ class ClassifierModule(TaskModule):
         n = labels.shape[0]
         self.log(f"{stage}/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
         self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, batch_size=n)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")

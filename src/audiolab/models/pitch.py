@@ -90,7 +90,7 @@ class PitchModule(TaskModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["f0"].numel())
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         loss, logits = self._loss(batch)
         cents = decode(torch.sigmoid(logits.float()), self.hparams.decoder)
         metrics = getattr(self, f"{stage}_metrics")
@@ -99,14 +99,8 @@ class PitchModule(TaskModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=n)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         self.val_rpa_best.update(self.val_metrics["rpa"].compute())
         self.log("val/rpa_best", self.val_rpa_best.compute(), sync_dist=True)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")

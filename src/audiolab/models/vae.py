@@ -136,7 +136,7 @@ class VAEModule(TaskModule):
         self.log_dict({f"train/{k}": out[k] for k in ("recon", "kl", "beta")}, on_epoch=True, batch_size=n)
         return out["loss"]
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         out = self._losses(batch)
         x = batch["spec"]
         recon = self.reconstruct(x, self.labels(batch))
@@ -152,11 +152,8 @@ class VAEModule(TaskModule):
         )
         self.log(f"{stage}/lsd", lsd, on_epoch=True, prog_bar=True, batch_size=n)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        super().test_step(batch, batch_idx)
         if self.hparams.classifier_ckpt:
             self._test_real.append({k: batch[k].detach() for k in ("spec", self.hparams.label_key)})
 
