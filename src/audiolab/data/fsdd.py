@@ -212,6 +212,7 @@ class FsddDataModule(L.LightningDataModule):
         self.features = FsddFeatures(feature, sample_rate, n_fft, hop_length, n_mels)
         self.arrays: dict[str, np.ndarray] | None = None
         self.speaker_names: list[str] = []
+        self._files: tuple[Path, list[FsddFile]] | None = None
 
     # -- cache ------------------------------------------------------------------
     def cache_key(self, files: list[FsddFile]) -> str:
@@ -229,15 +230,20 @@ class FsddDataModule(L.LightningDataModule):
         }
         return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
+    def _scan(self) -> tuple[Path, list[FsddFile]]:
+        """The recordings folder and its files, scanned once per DataModule."""
+        if self._files is None:
+            folder = find_recordings(self.hparams.root)
+            self._files = (folder, scan(folder, self.hparams.on_bad_file))
+        return self._files
+
     def cache_path(self) -> Path:
-        files = scan(find_recordings(self.hparams.root), self.hparams.on_bad_file)
-        return Path(self.hparams.cache_dir).expanduser() / self.cache_key(files)
+        return Path(self.hparams.cache_dir).expanduser() / self.cache_key(self._scan()[1])
 
     def prepare_data(self) -> None:
         """Compute and cache the features of every file (once per config)."""
-        folder = find_recordings(self.hparams.root)
-        files = scan(folder, self.hparams.on_bad_file)
-        target = Path(self.hparams.cache_dir).expanduser() / self.cache_key(files)
+        folder, files = self._scan()
+        target = self.cache_path()
         if (target / "meta.json").is_file():
             return
         log.info(f"computing FSDD {self.hparams.feature} features for {len(files)} files into {target}")

@@ -123,7 +123,7 @@ class VAEModule(TaskModule):
         kl_term = kl_per_dim.clamp_min(self.hparams.free_bits).sum() if self.hparams.free_bits > 0 else kl
         beta = self.kl_beta()
         loss = self.hparams.recon_weight * rec + beta * kl_term
-        return {"loss": loss, "recon": rec, "kl": kl, "beta": torch.tensor(beta), "x_hat": recon}
+        return {"loss": loss, "recon": rec, "kl": kl, "beta": torch.tensor(beta), "mu": mu}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         with torch.no_grad():
@@ -139,7 +139,8 @@ class VAEModule(TaskModule):
     def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         out = self._losses(batch)
         x = batch["spec"]
-        recon = self.reconstruct(x, self.labels(batch))
+        # the posterior mean from the loss's encoder pass, decoded without sampling noise
+        recon = self.net.decode(out["mu"], self.labels(batch))
         db_ref = min_max_denormalise(x, batch["min"][:, None], batch["max"][:, None])
         db_est = min_max_denormalise(recon, batch["min"][:, None], batch["max"][:, None])
         lsd = getattr(self, f"{stage}_lsd")
