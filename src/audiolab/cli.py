@@ -1,5 +1,6 @@
-"""Command-line entry points (``src/train.py``, ``src/eval.py``, ``src/generate.py`` and
-the console scripts ``audiolab-train``, ``audiolab-eval``, ``audiolab-generate``). Hydra composes ``conf/`` at the repository root."""
+"""Command-line entry points (``src/train.py``, ``src/eval.py``, ``src/generate.py``,
+``src/separate.py`` and the console scripts ``audiolab-train``, ``audiolab-eval``,
+``audiolab-generate``, ``audiolab-separate``). Hydra composes ``conf/`` at the repository root."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def _generate(cfg: DictConfig) -> None:
     generate(cfg)
 
 
+def _separate(cfg: DictConfig) -> None:
+    from audiolab.separate import separate_files
+    from audiolab.utils.hydra import apply_extras
+
+    apply_extras(cfg)
+    separate_files(cfg)
+
+
 def train_main() -> None:
     _run("train", _train)
 
@@ -75,9 +84,15 @@ _STORED_OVERRIDE = re.compile(r"^(data|model)\.[\w.\-]+=")
 
 
 def eval_main() -> None:
-    sys.argv = [sys.argv[0]] + [("++" + a if _STORED_OVERRIDE.match(a) else a) for a in sys.argv[1:]]
+    sys.argv = [sys.argv[0]] + [
+        ("++" + a if _STORED_OVERRIDE.match(a) else a) for a in sys.argv[1:]
+    ]
     _run("eval", _eval)
 
 
 def generate_main() -> None:
     _run("generate", _generate)
+
+
+def separate_main() -> None:
+    _run("separate", _separate)

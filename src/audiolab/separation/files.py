@@ -1,0 +1,307 @@
+"""Separating audio files: streamed decoding, streamed writing, one model load for many
+files.
+
+Decoding: wav/flac/ogg/mp3 already at the network's rate and channel count are read in
+blocks with soundfile; everything else (``.stem.mp4`` - its first stream is the mixture -,
+m4a/aac, other rates, 5.1) is decoded by ffmpeg into a pipe, which also resamples and
+down-mixes (ffmpeg's standard matrices) on the fly. Either way the audio arrives in blocks,
+goes through :func:`iter_separate` and is written block by block, so memory stays flat
+however long the file is.
+
+Writing is safe: each output goes to a ``.partial`` file renamed into place only when
+the whole file has been separated, so an interrupted or failed file never leaves a
+truncated output, and finished outputs are never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+from audiolab.separation.overlap_add import SeparationInputError, iter_separate, network_of
+
+log = logging.getLogger("audiolab")
+
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+FFMPEG_SUFFIXES = (".mp4", ".m4a", ".aac", ".opus", ".webm", ".wma")
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + FFMPEG_SUFFIXES
+BLOCK_SECONDS = 30.0
+
+
+class AudioFileError(SeparationInputError):
+    """An input file that cannot be read or is not usable audio."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int | None  # None when the container does not say
+
+
+def track_name(path: Path) -> str:
+    """``song.stem.mp4`` -> ``song``; ``song.wav`` -> ``song``."""
+    name = path.name
+    return name[: -len(".stem.mp4")] if name.endswith(".stem.mp4") else path.stem
+
+
+def find_audio_files(path: str | Path) -> list[Path]:
+    """A file, or every audio file under a folder (recursively, sorted)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AudioFileError(
+            f"input not found: {path} (pass input=<an audio file or a folder of them>)"
+        )
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise AudioFileError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found under {path}")
+    return files
+
+
+def _ffprobe(path: Path) -> AudioInfo:
+    if shutil.which("ffprobe") is None:
+        raise AudioFileError(
+            f"{path}: reading {path.suffix} files needs ffmpeg/ffprobe; install ffmpeg (apt install ffmpeg)"
+        )
+    proc = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels,duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    streams = json.loads(proc.stdout or "{}").get("streams") if proc.returncode == 0 else None
+    if not streams:
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
+        raise AudioFileError(f"cannot read {path}: {reason}")
+    stream = streams[0]
+    rate = int(stream["sample_rate"])
+    duration = stream.get("duration")
+    frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
+    return AudioInfo(rate, int(stream["channels"]), frames)
+
+
+def audio_info(path: Path) -> AudioInfo:
+    if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+        try:
+            info = sf.info(str(path))
+            return AudioInfo(info.samplerate, info.channels, info.frames)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            if path.suffix.lower() == ".wav":
+                raise AudioFileError(f"cannot read {path}: {exc}") from None
+    return _ffprobe(path)
+
+
+def _soundfile_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    return
+                yield data.T
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioFileError(f"cannot read {path}: {exc}") from None
+
+
+def _ffmpeg_blocks(path: Path, sample_rate: int, channels: int, block: int) -> Iterator[np.ndarray]:
+    if shutil.which("ffmpeg") is None:
+        raise AudioFileError(
+            f"{path}: decoding it needs ffmpeg; install ffmpeg (apt install ffmpeg)"
+        )
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-ar",
+        str(sample_rate),
+        "-ac",
+        str(channels),
+        "-",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    frame_bytes = 4 * channels
+    try:
+        while True:
+            raw = proc.stdout.read(block * frame_bytes)
+            if not raw:
+                break
+            usable = len(raw) - len(raw) % frame_bytes
+            yield np.frombuffer(raw[:usable], dtype="<f4").reshape(-1, channels).T
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        code = proc.wait()
+    if code != 0:
+        raise AudioFileError(
+            f"cannot decode {path}: {err.splitlines()[-1] if err else f'ffmpeg exit {code}'}"
+        )
+
+
+def read_blocks(
+    path: Path, sample_rate: int, channels: int, block_seconds: float = BLOCK_SECONDS
+) -> tuple[AudioInfo, Iterator[torch.Tensor]]:
+    """The file's info and an iterator of checked float32 blocks ``(channels, n)`` at
+    ``sample_rate``. Mono is up-mixed; more channels are down-mixed by ffmpeg."""
+    info = audio_info(path)
+    block = max(1, round(block_seconds * sample_rate))
+    direct = (
+        path.suffix.lower() in SOUNDFILE_SUFFIXES
+        and info.sample_rate == sample_rate
+        and info.channels <= channels
+    )
+    if info.channels not in (1, channels):
+        log.warning(f"{path.name}: down-mixing {info.channels} channels to {channels} (ffmpeg)")
+    if info.sample_rate != sample_rate:
+        log.info(f"{path.name}: resampling {info.sample_rate} Hz -> {sample_rate} Hz (ffmpeg)")
+    raw = (
+        _soundfile_blocks(path, block)
+        if direct
+        else _ffmpeg_blocks(path, sample_rate, channels, block)
+    )
+
+    def checked() -> Iterator[torch.Tensor]:
+        seen = 0
+        clipped = 0
+        for data in raw:
+            x = torch.from_numpy(np.ascontiguousarray(data))
+            if not torch.isfinite(x).all():
+                raise AudioFileError(
+                    f"{path} contains NaN or infinite samples at about {seen / sample_rate:.1f} s"
+                )
+            clipped += int((x.abs() >= 0.999).sum())
+            if x.shape[0] == 1 and channels > 1:
+                x = x.expand(channels, -1)
+            seen += x.shape[-1]
+            yield x
+        if seen == 0:
+            raise AudioFileError(f"{path} holds no audio (zero samples)")
+        if clipped > 0.001 * seen * channels:
+            log.warning(
+                f"{path.name}: {clipped} samples at full scale (clipped input); estimates will carry the distortion"
+            )
+
+    return info, checked()
+
+
+def separate_file(
+    model: nn.Module,
+    path: str | Path,
+    out_dir: str | Path,
+    targets: Sequence[str] | None = None,
+    accompaniment: bool = True,
+    chunk_seconds: float = 6.0,
+    overlap: float = 0.25,
+    window: str = "hann",
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    subtype: str = "FLOAT",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Separate one file into ``out_dir/<track>/<target>.wav`` (at the network's sample
+    rate), plus ``accompaniment.wav`` = mixture - vocals when the network separates
+    vocals but not accompaniment. Returns the written paths; outputs that already exist
+    are kept (the file is skipped) unless ``overwrite``."""
+    net = network_of(model)
+    path = Path(path)
+    names = list(targets) if targets else list(net.targets)
+    unknown = sorted(set(names) - set(net.targets))
+    if unknown:
+        raise SeparationInputError(
+            f"the network does not separate {unknown}; it separates {net.targets}"
+        )
+    residual = accompaniment and "vocals" in net.targets and "accompaniment" not in net.targets
+    outputs = names + (["accompaniment"] if residual else [])
+    folder = Path(out_dir) / track_name(path)
+    final = {name: folder / f"{name}.wav" for name in outputs}
+    if not overwrite and all(p.exists() for p in final.values()):
+        log.info(f"{path.name}: outputs exist in {folder}, skipping (overwrite=true redoes them)")
+        return []
+    channels = getattr(net, "audio_channels", 2)
+    info, blocks = read_blocks(path, net.sample_rate, channels)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = {name: p.with_name(p.name + ".partial") for name, p in final.items()}
+    index = {name: list(net.targets).index(name) for name in names}
+    vocals = list(net.targets).index("vocals") if residual else None
+    mixture_fifo: list[torch.Tensor] = []
+
+    def remember(stream: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for x in stream:
+            if residual:
+                mixture_fifo.append(x)
+            yield x
+
+    def take_mixture(n: int) -> torch.Tensor:
+        parts, have = [], 0
+        while have < n:
+            head = mixture_fifo[0]
+            need = n - have
+            parts.append(head[:, :need])
+            have += min(need, head.shape[-1])
+            if head.shape[-1] <= need:
+                mixture_fifo.pop(0)
+            else:
+                mixture_fifo[0] = head[:, need:]
+        return torch.cat(parts, dim=-1)
+
+    writers = {
+        name: sf.SoundFile(
+            str(p),
+            "w",
+            samplerate=net.sample_rate,
+            channels=channels,
+            subtype=subtype,
+            format="WAV",
+        )
+        for name, p in partial.items()
+    }
+    try:
+        for est in iter_separate(
+            net, remember(blocks), chunk_seconds, overlap, window, batch_size, device, progress
+        ):
+            for name in names:
+                writers[name].write(est[index[name]].T.numpy())
+            if residual:
+                writers["accompaniment"].write(
+                    (take_mixture(est.shape[-1]) - est[vocals]).T.numpy()
+                )
+    except BaseException:
+        for name, writer in writers.items():
+            writer.close()
+            partial[name].unlink(missing_ok=True)
+        raise
+    for name, writer in writers.items():
+        writer.close()
+        partial[name].replace(final[name])
+    return list(final.values())
