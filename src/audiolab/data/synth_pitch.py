@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from audiolab.data.sampling import EpochSampler
+
 STREAM_TRAIN, STREAM_VAL, STREAM_TEST = 0, 1, 2
 CONTOURS = ("steady", "vibrato", "glide", "glide_vibrato")
 
@@ -234,24 +236,6 @@ class SynthPitchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])[0]
-
-
-class EpochSampler(Sampler[int]):
-    """Epoch ``e`` visits indices ``[e * n, (e + 1) * n)``: fresh examples every epoch,
-    the same ones for the same epoch (so resumed runs see the same stream)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class SynthPitchDataModule(L.LightningDataModule):
