@@ -8,16 +8,67 @@ import torch
 from helpers import CONFIG_DIR, compose_config, require_shared
 from omegaconf import OmegaConf
 
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "paths", "extras", "debug", "experiment", "hparams_search"]
+GROUPS = [
+    "data",
+    "model",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "extras",
+    "debug",
+    "experiment",
+    "hparams_search",
+]
 
 # (data, model) pairs that are meant to train together. Every data and model option must
 # appear in at least one pair (checked below), so a new config cannot skip this test.
-PAIRS = [("synth_pitch", "crepe"), ("fsdd", "vae_baseline"), ("fsdd", "vae"), ("fsdd", "digit_classifier")]
+PAIRS = [
+    ("synth_pitch", "crepe"),
+    ("fsdd", "vae_baseline"),
+    ("fsdd", "vae"),
+    ("fsdd", "digit_classifier"),
+    ("musdb_synth", "tfc_tdf"),
+    ("musdb_synth", "tfc_tdf_ismir2020"),
+    ("musdb_synth", "tfc_tdf_keras"),
+    ("musdb_synth", "spleeter"),
+    ("musdb_synth", "spleeter_4stems"),
+    ("musdb", "tfc_tdf"),
+]
+# Model options no dataset here can train (tested for a forward pass instead): the data
+# config they compose with, and why they cannot train on it.
+UNPAIRED_MODELS = {"spleeter_5stems": ("musdb_synth", "MUSDB18 has no piano stem")}
 # Overrides that make one fast_dev_run step of each data option cheap; a tuple names a
 # folder of ../shared/data that becomes data.root.
 SMALL_DATA = {
-    "synth_pitch": ["data.batch_size=8", "data.val_clips=2", "data.test_clips=2", "data.eval_batch_size=2"],
+    "synth_pitch": [
+        "data.batch_size=8",
+        "data.val_clips=2",
+        "data.test_clips=2",
+        "data.eval_batch_size=2",
+    ],
     "fsdd": ["data.batch_size=4", "data.eval_batch_size=4", ("fsdd",)],
+    # 2 s chunks, one per track, 2 s validation excerpts, a small synthetic set
+    "musdb_synth": [
+        "data.chunk_seconds=2",
+        "data.samples_per_track=1",
+        "data.batch_size=2",
+        "data.valid_excerpt_seconds=2",
+        "data.synthetic.n_train=2",
+        "data.synthetic.n_valid=1",
+        "data.synthetic.n_test=1",
+        "data.synthetic.duration=4",
+    ],
+    # the real 7-s preview track (stems through ffmpeg), which is in train/ only
+    "musdb": [
+        "data.chunk_seconds=2",
+        "data.samples_per_track=1",
+        "data.batch_size=1",
+        "data.valid_excerpt_seconds=2",
+        "data.splits.valid.split=null",
+        "data.splits.test.subsets=train",
+        ("musdb18-sample",),
+    ],
 }
 
 
@@ -27,7 +78,11 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_train_config_composes(group, option, tmp_path):
-    cfg = compose_config("train", [f"{group}={option}"], tmp_path)
+    # a model reads its data's targets/rate: compose it with the data it is paired with
+    unpaired = [UNPAIRED_MODELS[option][0]] if option in UNPAIRED_MODELS else []
+    paired = [f"data={d}" for d, m in PAIRS if m == option][:1] + [f"data={d}" for d in unpaired]
+    paired = paired[:1] if group == "model" else []
+    cfg = compose_config("train", [*paired, f"{group}={option}"], tmp_path)
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
     # every interpolation resolves (no missing keys, no typos)
     OmegaConf.to_container(cfg, resolve=True)
@@ -43,7 +98,19 @@ def test_eval_config_composes(data, tmp_path):
 
 def test_every_option_is_in_a_pair():
     assert {d for d, _ in PAIRS} == set(options("data"))
-    assert {m for _, m in PAIRS} == set(options("model"))
+    assert {m for _, m in PAIRS} | set(UNPAIRED_MODELS) == set(options("model"))
+
+
+@pytest.mark.parametrize("model", sorted(UNPAIRED_MODELS))
+def test_unpaired_model_runs_forward(model, tmp_path):
+    import hydra
+
+    cfg = compose_config("train", [f"data={UNPAIRED_MODELS[model][0]}", f"model={model}"], tmp_path)
+    module = hydra.utils.instantiate(cfg.model).eval()
+    mixture = torch.randn(1, cfg.data.audio_channels, cfg.data.sample_rate)
+    with torch.no_grad():
+        out = module(mixture)
+    assert out.shape == (1, len(cfg.data.targets), cfg.data.audio_channels, cfg.data.sample_rate)
 
 
 def data_overrides(data: str, cache_dir) -> list[str]:

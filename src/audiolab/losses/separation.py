@@ -37,27 +37,43 @@ class WaveformL1(nn.Module):
         return _per_target((estimates.float() - references.float()).abs())
 
 
-class ComplexSpectrogramLoss(nn.Module):
-    """L1 or MSE between complex spectrograms (real and imaginary parts), the loss
-    TFC-TDF U-Nets are trained with. ``max_bin`` limits it to the bins a network with a
-    frequency cutoff (``dim_f``) can produce."""
+class SpectrogramLoss(nn.Module):
+    """L1 or MSE between spectrograms: ``complex`` compares real and imaginary parts (the
+    loss TFC-TDF U-Nets are trained with), ``magnitude`` compares magnitudes (Spleeter's
+    loss on masked magnitude spectrograms). ``max_bin`` limits it to the bins a network
+    with a frequency cutoff (``dim_f``, ``freq_bins``) can produce."""
 
     def __init__(
-        self, n_fft: int = 2048, hop_length: int = 512, norm: str = "l1", max_bin: int | None = None
+        self,
+        n_fft: int = 2048,
+        hop_length: int = 512,
+        norm: str = "l1",
+        kind: str = "complex",
+        max_bin: int | None = None,
     ) -> None:
         super().__init__()
         if norm not in ("l1", "mse"):
             raise ValueError(f"norm must be 'l1' or 'mse', got {norm!r}")
-        self.n_fft, self.hop_length, self.norm, self.max_bin = n_fft, hop_length, norm, max_bin
+        if kind not in ("complex", "magnitude"):
+            raise ValueError(f"kind must be 'complex' or 'magnitude', got {kind!r}")
+        self.n_fft, self.hop_length, self.norm, self.kind, self.max_bin = (
+            n_fft,
+            hop_length,
+            norm,
+            kind,
+            max_bin,
+        )
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        diff = _stft(estimates, self.n_fft, self.hop_length, self.window) - _stft(
-            references, self.n_fft, self.hop_length, self.window
-        )
+        est = _stft(estimates, self.n_fft, self.hop_length, self.window)
+        ref = _stft(references, self.n_fft, self.hop_length, self.window)
         if self.max_bin is not None:
-            diff = diff[..., : self.max_bin, :]
-        diff = torch.view_as_real(diff)
+            est, ref = est[..., : self.max_bin, :], ref[..., : self.max_bin, :]
+        if self.kind == "complex":
+            diff = torch.view_as_real(est - ref)
+        else:
+            diff = est.abs() - ref.abs()
         return _per_target(diff.abs() if self.norm == "l1" else diff.square())
 
 
