@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = ["tfc_tdf", "tfc_tdf_keras", "tfc_tdf_ismir2020", "spleeter"]
+PRESETS = ["tfc_tdf", "tfc_tdf_ismir2020", "tfc_tdf_keras", "spleeter", "spleeter_4stems"]
 LENGTHS = [30, 60, 120, 600]
 
 

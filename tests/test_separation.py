@@ -358,3 +358,15 @@ def test_oracles():
     )
     with pytest.raises(ValueError, match="unknown oracle"):
         oracle_separation("wiener", mixture, sources)
+
+
+def test_very_short_and_clipped_files(tmp_path, caplog):
+    short = _write(tmp_path / "short.wav", np.full((2, 10), 0.1, np.float32), 8000, subtype="FLOAT")
+    written = separate_file(Gains(), short, tmp_path / "o", chunk_seconds=0.5)
+    vocals, _ = sf.read(written[0], always_2d=True)
+    assert vocals.shape == (10, 2)
+    np.testing.assert_allclose(vocals, 0.025, atol=1e-6)
+    loud = _write(tmp_path / "loud.wav", np.ones((2, 800), np.float32), 8000, subtype="FLOAT")
+    with caplog.at_level("WARNING", logger="audiolab"):
+        separate_file(Gains(), loud, tmp_path / "o", chunk_seconds=0.05)
+    assert "clipped" in caplog.text

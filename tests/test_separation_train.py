@@ -25,6 +25,9 @@ SMALL = [
     "data.valid_excerpt_seconds=2",
     "data.num_workers=0",
     "trainer.max_epochs=1",
+    # the EMA of the weights takes part: validation, checkpoints and test use the average
+    "callbacks=separation_ema",
+    "callbacks.ema.update_starting_at_step=0",
     "extras.print_config=false",
     "callbacks.rich_progress_bar=null",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audiolab.utils.checkpoint import StoreConfigInCheckpoint
@@ -45,7 +46,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
     log_hyperparameters(resolved, model, trainer)
 
@@ -57,8 +60,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("test", False):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
-            log.warning("no best checkpoint was written (fast_dev_run or no checkpoint callback): testing the current weights")
+            log.warning(
+                "no best checkpoint was written (fast_dev_run or no checkpoint callback): testing the current weights"
+            )
         log.info(f"testing with {best or 'the current weights'}")
+        # A checkpoint's state_dict holds the averaged weights when weight averaging (EMA)
+        # is on, and those are what validation scored and what eval.py loads; the
+        # callback itself would restore the raw weights of a checkpoint loaded after fit.
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
         trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if best:
