@@ -370,3 +370,15 @@ def test_very_short_and_clipped_files(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="audiolab"):
         separate_file(Gains(), loud, tmp_path / "o", chunk_seconds=0.05)
     assert "clipped" in caplog.text
+
+
+def test_mp3_input(tmp_path):
+    t = np.arange(8000 * 2) / 8000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    src = tmp_path / "song.mp3"
+    sf.write(str(src), np.stack([tone, tone]).T, 8000, format="MP3")
+    written = separate_file(Gains(), src, tmp_path / "o", chunk_seconds=0.25)
+    vocals, rate = sf.read(written[0], always_2d=True)
+    assert rate == 8000 and vocals.shape[1] == 2
+    assert abs(len(vocals) - 16000) < 2000  # mp3 frames pad the ends a little
+    assert 0.25 * 0.3 * 0.6 < np.abs(vocals).max() < 0.25 * 0.3 * 1.4
