@@ -28,51 +28,6 @@ SMALL_TFC = dict(
 # Small Spleeter: 64 bins, tiny widths (six scales are kept: frames must be multiples of 64)
 SMALL_SPLEETER = dict(n_fft=256, hop_length=64, freq_bins=64, filters=(2, 2, 4, 4, 8, 8))
 
-# The presets (written as Hydra configs elsewhere); ``targets`` is set per use.
-TFC_TDF = {}  # the constructor defaults are the small CPU preset
-TFC_TDF_ISMIR2020 = dict(  # the paper's large vocals model (Table 3)
-    n_fft=4096,
-    hop_length=2048,
-    dim_f=2048,
-    num_subbands=1,
-    num_scales=4,
-    channels=24,
-    channel_growth=0,
-    block="dense",
-    num_tfc_layers=5,
-    growth=24,
-    kernel_size=3,
-    bottleneck_factor=16,
-    min_bottleneck_units=16,
-    tdf_layers=2,
-    skip="concat",
-    output="direct",
-    norm="batch",
-    activation="relu",
-    bias=True,
-)
-TFC_TDF_KERAS = dict(  # keras.io "Vocal Track Separation with Encoder-Decoder Architecture"
-    sample_rate=16000,
-    n_fft=2048,
-    hop_length=512,
-    dim_f=1024,
-    num_subbands=4,
-    num_scales=4,
-    channels=64,
-    channel_growth=128,
-    block="residual",
-    num_tfc_layers=2,
-    kernel_size=3,
-    bottleneck_factor=2,
-    min_bottleneck_units=1,
-    tdf_layers=2,
-    skip="concat",
-    output="direct",
-    norm="instance",
-    activation="gelu",
-    bias=False,
-)
-
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -82,6 +37,16 @@ def meta_params(cls, **kwargs) -> int:
     """Parameter count without allocating (big presets)."""
     with torch.device("meta"):
         return n_params(cls(**kwargs))
+
+
+def preset_params(model: str, tmp_path, *overrides: str) -> int:
+    """Parameter count of the network a real model config (conf/model/<model>.yaml) builds."""
+    import hydra
+    from helpers import compose_config
+
+    cfg = compose_config("train", ["data=musdb_synth", f"model={model}", *overrides], tmp_path)
+    with torch.device("meta"):
+        return n_params(hydra.utils.instantiate(cfg.model.net))
 
 
 # ---------------------------------------------------------------- STFT
@@ -330,41 +295,37 @@ def test_tfc_tdf_state_dict_round_trip():
     assert not any("window" in key for key in model.state_dict())
 
 
-def test_tfc_tdf_preset_parameter_counts():
-    four = ["vocals", "drums", "bass", "other"]
+def test_tfc_tdf_preset_parameter_counts(tmp_path):
+    four = "data.targets=[vocals,drums,bass,other]"
     # our small CPU default: 0.31M parameters per target
-    assert meta_params(TfcTdfUNet, targets=four) == 1_256_520
+    assert preset_params("tfc_tdf", tmp_path, four) == 1_256_520
     # The authors' notebook "[Table-3] TFC_TDF (large SDR 7.98).ipynb"
     # (github.com/ws-choi/ISMIR2020_U_Nets_SVS) prints 2,232,132 parameters; its first and
     # last convs have a (2, 1) kernel over frequency (2049 <-> 2048 bins) where ours are
     # 1x1 on the first dim_f bins: (2 - 1) * (4 * 24) * 2 = 192 parameters fewer.
-    assert meta_params(TfcTdfUNet, targets=["vocals"], **TFC_TDF_ISMIR2020) == 2_232_132 - 192
+    assert preset_params("tfc_tdf_ismir2020", tmp_path) == 2_232_132 - 192
     # keras.io's vocal track separation example (mono, vocals only) prints 55,697,408
     # trainable parameters. Its residual units feed TDF with the unit input in parallel to
     # the first TFC and keep the input width through that TFC; v3 (ours) chains
     # TFC -> TDF -> TFC at the output width. That only changes the first unit of each
     # decoder block (input 2c, output c): 27 c^2 + 6 c more parameters in keras.
-    keras = meta_params(TfcTdfUNet, targets=["vocals"], audio_channels=1, **TFC_TDF_KERAS)
+    keras = preset_params("tfc_tdf_keras", tmp_path, "data.audio_channels=1")
     widths = [64 + 128 * i for i in range(4)]
     assert keras + sum(27 * c * c + 6 * c for c in widths) == 55_697_408
     assert keras == 46_401_536
-    assert meta_params(TfcTdfUNet, targets=["vocals"], **TFC_TDF_KERAS) == 46_403_072  # stereo
+    assert preset_params("tfc_tdf_keras", tmp_path) == 46_403_072  # stereo
 
 
 # ---------------------------------------------------------------- Spleeter
 
 
-def test_spleeter_parameter_counts():
+def test_spleeter_parameter_counts(tmp_path):
     # Spleeter's U-Net (spleeter/model/functions/unet.py) has 9,823,749 trainable
     # parameters per stem; we leave out the 1,024 of the batch norm whose output it never
     # uses, so 9,822,725 (the "~9.8M per stem" usually quoted).
     assert n_params(SpleeterStemUNet()) == 9_822_725
-    for stems in (
-        ["vocals", "accompaniment"],
-        ["vocals", "drums", "bass", "other"],
-        ["vocals", "drums", "bass", "piano", "other"],
-    ):
-        assert meta_params(SpleeterUNet, targets=stems) == len(stems) * 9_822_725
+    for preset, stems in (("spleeter", 2), ("spleeter_4stems", 4), ("spleeter_5stems", 5)):
+        assert preset_params(preset, tmp_path) == stems * 9_822_725
 
 
 def test_spleeter_shapes_for_any_length():
