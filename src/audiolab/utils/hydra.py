@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from audiolab.utils.errors import AudiolabError
+
 log = logging.getLogger("audiolab")
 
 
@@ -73,6 +75,10 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
     def wrapped(cfg: DictConfig):
         try:
             return task(cfg)
+        except AudiolabError as exc:
+            # the user's input: the message says what to fix, a traceback would bury it
+            log.error(f"the task failed: {exc}")
+            raise
         except Exception:
             log.exception("the task failed")
             raise
