@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from audiolab.audio.stft import Stft, channels_to_complex, complex_to_channels
+from audiolab.audio.stft import Stft
 from audiolab.audio.wiener import _solve, wiener
 from audiolab.nets.spleeter import SpleeterStemUNet, SpleeterUNet
 from audiolab.nets.tfc_tdf import TfcTdfUNet
@@ -84,15 +84,6 @@ def test_stft_in_float32_under_autocast():
         y = stft.inverse(spec, 1000)
     assert spec.dtype == torch.complex64 and y.dtype == torch.float32
     assert torch.allclose(y, x, atol=1e-5, rtol=0)
-
-
-def test_complex_channels_round_trip_and_order():
-    spec = torch.randn(2, 3, 5, 7, dtype=torch.complex64)
-    x = complex_to_channels(spec)
-    assert x.shape == (2, 6, 5, 7)
-    assert torch.equal(x[:, 2], spec[:, 1].real) and torch.equal(x[:, 3], spec[:, 1].imag)
-    assert torch.equal(channels_to_complex(x), spec)
-    assert channels_to_complex(x.bfloat16()).dtype == torch.complex64
 
 
 # ---------------------------------------------------------------- Wiener filtering

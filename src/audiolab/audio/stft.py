@@ -1,4 +1,4 @@
-"""Batched STFT / iSTFT module and "complex-as-channels" conversions (torch, any device).
+"""Batched STFT / iSTFT module (torch, any device).
 
 The transforms always run in (at least) float32 with autocast disabled: under bf16/fp16
 autocast a spectrogram loses too much precision for the inverse to give back the signal.
@@ -91,22 +91,3 @@ class Stft(nn.Module):
                 length=length,
             )
         return wave.reshape(*lead, length)
-
-
-def complex_to_channels(spec: torch.Tensor) -> torch.Tensor:
-    """Complex ``(..., C, F, N)`` -> real ``(..., 2C, F, N)`` ordered ``re_0, im_0, re_1, im_1, ...``."""
-    *lead, channels, bins, frames = spec.shape
-    ri = torch.view_as_real(spec)  # (..., C, F, N, 2)
-    return ri.movedim(-1, -3).reshape(*lead, 2 * channels, bins, frames)
-
-
-def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`complex_to_channels`: real ``(..., 2C, F, N)`` -> complex ``(..., C, F, N)``.
-
-    Half-precision inputs (e.g. network outputs under autocast) are promoted to float32,
-    since complex tensors need float32 or float64 parts."""
-    *lead, channels2, bins, frames = x.shape
-    if channels2 % 2:
-        raise ValueError(f"expected an even number of channels (real/imag pairs), got {channels2}")
-    x = x.to(_real_dtype(x.dtype)).reshape(*lead, channels2 // 2, 2, bins, frames)
-    return torch.view_as_complex(x.movedim(-3, -1).contiguous())

@@ -9,20 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-
-def _stft(x: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
-    """Complex STFT of ``(..., T)`` in float32 (autocast off: bf16 FFTs lose too much)."""
-    shape = x.shape
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spec = torch.stft(
-            x.reshape(-1, shape[-1]).float(),
-            n_fft,
-            hop_length,
-            window=window,
-            center=True,
-            return_complex=True,
-        )
-    return spec.reshape(*shape[:-1], *spec.shape[-2:])
+from audiolab.audio.stft import Stft
 
 
 def _per_target(x: torch.Tensor) -> torch.Tensor:
@@ -56,18 +43,11 @@ class SpectrogramLoss(nn.Module):
             raise ValueError(f"norm must be 'l1' or 'mse', got {norm!r}")
         if kind not in ("complex", "magnitude"):
             raise ValueError(f"kind must be 'complex' or 'magnitude', got {kind!r}")
-        self.n_fft, self.hop_length, self.norm, self.kind, self.max_bin = (
-            n_fft,
-            hop_length,
-            norm,
-            kind,
-            max_bin,
-        )
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.norm, self.kind, self.max_bin = norm, kind, max_bin
+        self.stft = Stft(n_fft, hop_length)
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        est = _stft(estimates, self.n_fft, self.hop_length, self.window)
-        ref = _stft(references, self.n_fft, self.hop_length, self.window)
+        est, ref = self.stft(estimates), self.stft(references)
         if self.max_bin is not None:
             est, ref = est[..., : self.max_bin, :], ref[..., : self.max_bin, :]
         if self.kind == "complex":
@@ -94,24 +74,20 @@ class MultiResolutionStftLoss(nn.Module):
             raise ValueError(
                 f"need one hop size per FFT size, got {list(fft_sizes)} and {hop_sizes}"
             )
-        self.resolutions = list(zip(fft_sizes, hop_sizes, strict=True))
+        self.stfts = nn.ModuleList(Stft(n, h) for n, h in zip(fft_sizes, hop_sizes, strict=True))
         self.eps = eps
-        for n_fft in fft_sizes:
-            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         total = 0.0
-        for n_fft, hop in self.resolutions:
-            window = getattr(self, f"window_{n_fft}")
-            est = _stft(estimates, n_fft, hop, window).abs()
-            ref = _stft(references, n_fft, hop, window).abs()
+        for stft in self.stfts:
+            est, ref = stft(estimates).abs(), stft(references).abs()
             # Spectral convergence per (item, target): ||ref - est||_F / ||ref||_F.
             num = (ref - est).square().flatten(2).sum(-1).sqrt()
             den = ref.square().flatten(2).sum(-1).sqrt() + self.eps
             convergence = (num / den).mean(0)
             log_mag = _per_target((torch.log(ref + self.eps) - torch.log(est + self.eps)).abs())
             total = total + convergence + log_mag
-        return total / len(self.resolutions)
+        return total / len(self.stfts)
 
 
 class SeparationLoss(nn.Module):

@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import torch
 
+from audiolab.audio.stft import Stft
+
 ORACLES = ("irm1", "irm2", "ibm", "mix")
 
 
-def _stft(x: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
-    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-    return torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop_length, window=window, return_complex=True).reshape(
-        *x.shape[:-1], n_fft // 2 + 1, -1
-    )
-
-
-def _istft(spec: torch.Tensor, n_fft: int, hop_length: int, length: int) -> torch.Tensor:
-    window = torch.hann_window(n_fft, device=spec.device, dtype=spec.real.dtype)
-    flat = spec.reshape(-1, *spec.shape[-2:])
-    return torch.istft(flat, n_fft, hop_length, window=window, length=length).reshape(*spec.shape[:-2], length)
-
-
 def oracle_separation(
-    kind: str, mixture: torch.Tensor, sources: torch.Tensor, n_fft: int = 2048, hop_length: int = 1024, eps: float = 1e-10
+    kind: str,
+    mixture: torch.Tensor,
+    sources: torch.Tensor,
+    n_fft: int = 2048,
+    hop_length: int = 1024,
+    eps: float = 1e-10,
 ) -> torch.Tensor:
     """``irm1`` / ``irm2``: ideal ratio masks ``|S_j|^a / sum_k |S_k|^a`` (a = 1, 2);
     ``ibm``: ideal binary mask (1 where a source holds at least half the magnitude sum,
@@ -39,11 +33,12 @@ def oracle_separation(
         raise ValueError(f"unknown oracle {kind!r}; choose one of {ORACLES}")
     if kind == "mix":
         return mixture.unsqueeze(0).expand_as(sources).clone()
-    mix_spec = _stft(mixture.double(), n_fft, hop_length)
-    magnitude = _stft(sources.double(), n_fft, hop_length).abs()
+    stft = Stft(n_fft, hop_length).to(mixture.device)
+    mix_spec = stft(mixture.double())
+    magnitude = stft(sources.double()).abs()
     if kind == "ibm":
         masks = (magnitude / (magnitude.sum(0, keepdim=True) + eps) >= 0.5).double()
     else:
         power = magnitude ** (1 if kind == "irm1" else 2)
         masks = power / (power.sum(0, keepdim=True) + eps)
-    return _istft(masks * mix_spec.unsqueeze(0), n_fft, hop_length, mixture.shape[-1]).to(mixture.dtype)
+    return stft.inverse(masks * mix_spec.unsqueeze(0), mixture.shape[-1]).to(mixture.dtype)
