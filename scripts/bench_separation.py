@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -34,23 +33,9 @@ LENGTHS = [30, 60, 120, 600]
 
 
 def compose(overrides: list[str], out_dir: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from audiolab.cli import compose_run
 
-    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        cfg = hydra_compose(
-            "train", overrides=[f"paths.log_dir={out_dir}", *overrides], return_hydra_config=True
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        del cfg["hydra"]
-    return cfg
+    return compose_run("train", [f"paths.log_dir={out_dir}", *overrides], out_dir)
 
 
 def peak_rss_mb() -> float:

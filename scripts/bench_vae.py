@@ -15,25 +15,19 @@ Griffin-Lim), plus the ratio ours / baseline of every row.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from audiolab.audio.features import spectrogram_to_audio
+from audiolab.cli import compose_run
 from audiolab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def compose_run(model: str, args, out_dir: Path):
-    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO))
-    GlobalHydra.instance().clear()
+def run_config(model: str, args, out_dir: Path):
     overrides = [
         "data=fsdd", f"model={model}", "callbacks=default", "logger=csv",
         f"data.root={args.fsdd_root}", f"model.classifier_ckpt={Path(args.classifier_ckpt).resolve()}",
@@ -41,13 +35,7 @@ def compose_run(model: str, args, out_dir: Path):
         "trainer.max_time=00:{:02d}:{:02d}:00".format(*divmod(args.max_minutes, 60)), "callbacks.rich_progress_bar=null",
         "extras.print_config=false", f"seed={args.seed}", f"paths.log_dir={out_dir}",
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir / model)
-        del cfg["hydra"]
-    return cfg
+    return compose_run("train", overrides, out_dir / model)
 
 
 def sampling_speed(module, datamodule, n: int = 200) -> tuple[float, float]:
@@ -82,7 +70,7 @@ def main() -> None:
 
     rows: dict[str, dict[str, float]] = {}
     for model in ("vae_baseline", "vae"):
-        cfg = compose_run(model, args, out_dir)
+        cfg = run_config(model, args, out_dir)
         start = time.perf_counter()
         metrics, objects = train(cfg)
         elapsed = time.perf_counter() - start

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from audiolab.cli import compose_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -43,23 +42,12 @@ def require_shared(*parts: str) -> Path:
 
 def compose_config(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
     """Compose a real config the way the entry points do, with every output under ``out_dir``."""
-    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[f"paths.log_dir={out_dir}", *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        cfg.paths.work_dir = str(REPO_ROOT)
-        del cfg["hydra"]
-    return cfg
+    return compose_run(config_name, [f"paths.log_dir={out_dir}", *overrides], out_dir)
 
 
-def run_cli(script: str, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``python src/<script>.py args...`` from the repository root."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
     proc = subprocess.run(

@@ -28,6 +28,27 @@ def _prepare() -> None:
     os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT))
 
 
+def compose_run(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose a config the way the entry points do, without starting a Hydra run: for
+    scripts and tests that call ``train(cfg)`` and friends directly. The Hydra runtime is
+    set (``${now:}``, choices) and the run writes into ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    _prepare()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.work_dir = str(REPO_ROOT)
+        del cfg["hydra"]
+    return cfg
+
+
 def _run(config_name: str, task) -> None:
     _prepare()
 
