@@ -83,6 +83,51 @@ def test_generation_api():
     assert torch.allclose(path[0], ends[0], atol=1e-5) and torch.allclose(path[-1], ends[1], atol=1e-5)
 
 
+def test_class_prior_kl_and_sampling():
+    net = ConvVAE(filters=(8, 8, 8, 8, 8), latent_dim=16, n_classes=10, prior="class", condition_encoder=False)
+    module = VAEModule(net, adam, recon_loss="sse", recon_weight=1.0)
+    b = batch()
+    # at initialisation every class prior is N(0, I): the KL equals the standard one
+    mu, logvar = net.encode(b["spec"])
+    standard = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0).sum()
+    assert module._losses(b)["kl"].item() == pytest.approx(standard.item(), rel=1e-5)
+    # move digit 3's prior: the KL is the closed form for N(mu, s^2) against N(m, e^2)
+    with torch.no_grad():
+        net.class_prior.weight[3, :16] = 2.0
+        net.class_prior.weight[3, 16:] = math.log(4.0)
+    x, y = b["spec"][3:4], torch.tensor([3])
+    mu, logvar = net.encode(x)
+    expected = 0.5 * (math.log(4.0) - logvar + (logvar.exp() + (mu - 2.0).pow(2)) / 4.0 - 1).sum()
+    got = module._losses({**{k: v[3:4] for k, v in b.items()}, "digit": y})["kl"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # samples come from the class prior: temperature 0 decodes its mean exactly
+    zero_t = net.sample(2, torch.tensor([3, 3]), temperature=0.0)
+    assert torch.allclose(zero_t, net.decode(torch.full((2, 16), 2.0), torch.tensor([3, 3])))
+    with pytest.raises(ValueError, match="class-conditional prior: pass the class labels"):
+        net.sample(2)
+    with pytest.raises(ValueError, match="needs a conditional VAE"):
+        ConvVAE(filters=(8, 8, 8, 8, 8), prior="class")
+
+
+def test_soft_labels_and_blended_interpolation():
+    module = small_module(n_classes=10).eval()
+    z = torch.randn(3, 16)
+    hard = torch.tensor([1, 4, 9])
+    soft = torch.nn.functional.one_hot(hard, 10).float()
+    assert torch.allclose(module.net.decode(z, hard), module.net.decode(z, soft), atol=1e-6)
+    b = batch()
+    path = module.interpolate(b["spec"][0], b["spec"][1], steps=5, labels=torch.tensor([2, 7]))
+    ends = module.reconstruct(b["spec"][:2], torch.tensor([2, 7]))
+    assert torch.allclose(path[0], ends[0], atol=1e-5) and torch.allclose(path[-1], ends[1], atol=1e-5)
+    # the middle point decodes the mean latent with the mean of the two label embeddings
+    mu, _ = module.net.encode(b["spec"][:2], torch.tensor([2, 7]))
+    half = torch.zeros(1, 10)
+    half[0, 2] = half[0, 7] = 0.5
+    assert torch.allclose(path[2], module.net.decode(mu.mean(0, keepdim=True), half)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="conditioned on 'digit'"):
+        module.interpolate(b["spec"][0], b["spec"][1])
+
+
 def test_log_spectral_distance():
     ref = torch.randn(3, 256, 64) * 10
     assert log_spectral_distance(ref + 4.0, ref) == pytest.approx(torch.full((3,), 4.0))

@@ -50,6 +50,23 @@ def test_vae_logs_grids_and_audio_then_generates(tmp_path, fsdd):
     bad = run_cli("generate", f"ckpt={ckpt}", "digit=12", f"paths.log_dir={tmp_path}", check=False)
     assert bad.returncode == 1 and "error: digit must be in [0, 10), got 12" in bad.stderr
 
+    # a latent walk between two real recordings of different digits
+    recordings = require_shared("fsdd") / "recordings"
+    a, b = recordings / "3_george_0.wav", recordings / "8_jackson_1.wav"
+    out = tmp_path / "interp"
+    run_cli("generate", f"ckpt={ckpt}", f"interpolate=[{a},{b}]", "steps=5", f"output={out}", f"paths.log_dir={tmp_path}")
+    files = sorted(out.glob("interp_*.wav"))
+    assert [p.name for p in files] == [f"interp_{i:03d}.wav" for i in range(5)]
+    audio, rate = sf.read(files[2])
+    assert rate == 22050 and len(audio) == round(0.74 * 22050) and abs(audio).max() > 0
+    assert (out / "interps.png").stat().st_size > 0
+    bad = run_cli("generate", f"ckpt={ckpt}", f"interpolate=[{a}]", f"paths.log_dir={tmp_path}", check=False)
+    assert bad.returncode == 1 and "interpolate takes two audio files" in bad.stderr
+    unnamed = tmp_path / "clip.wav"
+    sf.write(unnamed, sf.read(a)[0], 8000)
+    bad = run_cli("generate", f"ckpt={ckpt}", f"interpolate=[{unnamed},{b}]", f"paths.log_dir={tmp_path}", check=False)
+    assert bad.returncode == 1 and "pass digit=<0-9> for both" in bad.stderr
+
 
 @pytest.mark.slow
 def test_generate_refuses_what_it_cannot_do(tmp_path, fsdd):

@@ -1,4 +1,5 @@
-"""Generation task: prior samples of a trained VAE as wav files and a spectrogram grid."""
+"""Generation task: prior samples of a trained VAE, or a latent interpolation between two
+recordings, as wav files and a spectrogram grid."""
 
 from __future__ import annotations
 
@@ -27,39 +28,94 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
     data = run.data
     if data.get("feature") != "log_spectrogram":
         raise AudiolabError(f"the VAE was trained on {data.get('feature')!r} features; only log_spectrogram can be turned into sound")
-    n = int(cfg.n)
-    if n <= 0:
-        raise AudiolabError(f"n must be a positive number of samples, got {n}")
-    n_classes = getattr(module.net, "n_classes", 0)
-    if cfg.digit is not None:
-        if n_classes == 0:
-            raise AudiolabError("this VAE is not conditional (trained without labels): drop digit=")
-        if not 0 <= int(cfg.digit) < n_classes:
-            raise AudiolabError(f"digit must be in [0, {n_classes}), got {cfg.digit}")
-        labels = torch.full((n,), int(cfg.digit), dtype=torch.long)
+    out = Path(cfg.output if cfg.output else cfg.paths.output_dir)
+    if cfg.get("interpolate"):
+        specs, lo, hi, labels, titles, prefix = _interpolation(module, data, cfg)
     else:
-        labels = torch.arange(n) % n_classes if n_classes else None
-
-    generator = torch.Generator(device=cfg.device).manual_seed(int(cfg.seed))
-    specs = module.sample(n, None if labels is None else labels.to(cfg.device), generator=generator)
-    lo, hi = module.db_range[0].expand(n), module.db_range[1].expand(n)
+        specs, labels = _prior_samples(module, cfg)
+        n = len(specs)
+        lo, hi = module.db_range[0].expand(n), module.db_range[1].expand(n)
+        titles = [f"digit {int(d)}" for d in labels] if labels is not None else None
+        prefix = "sample"
     length = round(data.duration * data.sample_rate)
     waves = spectrogram_to_audio(
         specs, lo, hi, n_fft=data.n_fft, hop_length=data.hop_length, n_iter=cfg.griffin_lim_iters, length=length
     )
 
-    out = Path(cfg.output if cfg.output else cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for i, wave in enumerate(waves.cpu()):
-        suffix = f"_digit{int(labels[i])}" if labels is not None else ""
-        path = out / f"sample_{i:03d}{suffix}.wav"
+        suffix = f"_digit{int(labels[i])}" if labels is not None and prefix == "sample" else ""
+        path = out / f"{prefix}_{i:03d}{suffix}.wav"
         sf.write(path, wave.numpy(), data.sample_rate)
         names.append(path.name)
-    titles = [f"digit {int(d)}" for d in labels] if labels is not None else None
     import matplotlib.pyplot as plt
 
-    plt.imsave(out / "samples.png", figure_to_array(spectrogram_grid({"prior sample": specs}, titles)))
-    log.info(f"wrote {n} samples and samples.png to {out}")
-    print(f"{n} samples in {out}")
+    row = "interpolation" if prefix == "interp" else "prior sample"
+    plt.imsave(out / f"{prefix}s.png", figure_to_array(spectrogram_grid({row: specs}, titles)))
+    log.info(f"wrote {len(names)} clips and {prefix}s.png to {out}")
+    print(f"{len(names)} clips in {out}")
     return {"files": names, "output": str(out)}, {"module": module}
+
+
+def _prior_samples(module, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    n = int(cfg.n)
+    if n <= 0:
+        raise AudiolabError(f"n must be a positive number of samples, got {n}")
+    n_classes = getattr(module.net, "n_classes", 0)
+    if cfg.digit is not None:
+        labels = torch.full((n,), _check_digit(cfg.digit, n_classes), dtype=torch.long)
+    else:
+        labels = torch.arange(n) % n_classes if n_classes else None
+    generator = torch.Generator(device=cfg.device).manual_seed(int(cfg.seed))
+    labels = None if labels is None else labels.to(cfg.device)
+    return module.sample(n, labels, generator=generator, temperature=float(cfg.temperature)), labels
+
+
+def _check_digit(digit, n_classes: int) -> int:
+    if n_classes == 0:
+        raise AudiolabError("this VAE is not conditional (trained without labels): drop digit=")
+    if not 0 <= int(digit) < n_classes:
+        raise AudiolabError(f"digit must be in [0, {n_classes}), got {digit}")
+    return int(digit)
+
+
+def _interpolation(module, data, cfg: DictConfig):
+    """Encode two recordings with the training run's feature pipeline, decode ``steps``
+    points between their posterior means; the dB range is blended the same way."""
+    from audiolab.data.fsdd import FILE_PATTERN, FsddFeatures, load_clips
+
+    paths = [Path(p).expanduser() for p in cfg.interpolate]
+    if len(paths) != 2:
+        raise AudiolabError(f"interpolate takes two audio files, e.g. interpolate=[a.wav,b.wav]; got {len(paths)}")
+    for path in paths:
+        if not path.is_file():
+            raise AudiolabError(f"interpolate: no such file {path}")
+    steps = int(cfg.steps)
+    if steps < 2:
+        raise AudiolabError(f"steps must be at least 2 (the two ends), got {steps}")
+    audio, _ = load_clips(paths, data.duration, data.sample_rate, on_bad_file="error")
+    features = FsddFeatures(data.feature, data.sample_rate, data.n_fft, data.hop_length, data.n_mels)(audio)
+    device = module.device
+    labels = None
+    n_classes = getattr(module.net, "n_classes", 0)
+    if n_classes:
+        if cfg.digit is not None:
+            labels = torch.full((2,), _check_digit(cfg.digit, n_classes))
+        else:
+            matches = [FILE_PATTERN.match(p.name) for p in paths]
+            if not all(matches):
+                raise AudiolabError(
+                    "this VAE is conditioned on the digit: name the files {digit}_{speaker}_{index}.wav "
+                    "(FSDD style) or pass digit=<0-9> for both"
+                )
+            labels = torch.tensor([int(m["digit"]) for m in matches])
+        labels = labels.to(device)
+    spec = features["spec"].to(device)
+    specs = module.interpolate(spec[0], spec[1], steps=steps, labels=labels)
+    t = torch.linspace(0, 1, steps, device=device)
+    lo = torch.lerp(features["min"][0].to(device), features["min"][1].to(device), t)
+    hi = torch.lerp(features["max"][0].to(device), features["max"][1].to(device), t)
+    titles = [f"{paths[0].stem}" if i == 0 else (paths[1].stem if i == steps - 1 else f"t={float(t[i]):.2f}")
+              for i in range(steps)]
+    return specs, lo, hi, labels, titles, "interp"

@@ -87,23 +87,34 @@ class VAEModule(TaskModule):
         return self.net.decode(mu, labels)
 
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Spectrograms decoded from the prior; ``labels`` (n,) for a conditional net."""
+    def sample(
+        self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Spectrograms decoded from the prior; ``labels`` (n,) for a conditional net;
+        ``temperature`` scales the prior's standard deviation (1: the model's prior)."""
         if self.conditional and labels is None:
             raise ValueError(f"this VAE is conditioned on {self.hparams.label_key!r}: pass labels")
-        return self.net.sample(n, labels, generator=generator)
+        return self.net.sample(n, labels, generator=generator, temperature=temperature)
 
     @torch.no_grad()
     def interpolate(
         self, spec_a: torch.Tensor, spec_b: torch.Tensor, steps: int = 8, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Decode ``steps`` points on the line between the posterior means of two clips
-        ``(C, bins, frames)``; returns ``(steps, C, bins, frames)``."""
-        lab = None if labels is None else labels.reshape(1).expand(2)
-        mu, _ = self.net.encode(torch.stack([spec_a, spec_b]), lab)
+        ``(C, bins, frames)``; returns ``(steps, C, bins, frames)``. A conditional net takes
+        ``labels``: one class for both clips, or ``(2,)`` classes, whose embeddings are then
+        blended along the path with the same weights as the latents."""
+        if self.conditional and labels is None:
+            raise ValueError(f"this VAE is conditioned on {self.hparams.label_key!r}: pass labels")
+        pair = None if labels is None else labels.reshape(-1).expand(2).to(spec_a.device)
+        mu, _ = self.net.encode(torch.stack([spec_a, spec_b]), pair)
         t = torch.linspace(0, 1, steps, device=mu.device)[:, None]
         z = (1 - t) * mu[0] + t * mu[1]
-        return self.net.decode(z, None if labels is None else labels.reshape(1).expand(steps))
+        if pair is None:
+            return self.net.decode(z)
+        one_hot = F.one_hot(pair, self.net.n_classes).to(z.dtype)
+        return self.net.decode(z, (1 - t) * one_hot[0] + t * one_hot[1])
 
     # -- training ---------------------------------------------------------------
     def kl_beta(self) -> float:
@@ -113,12 +124,16 @@ class VAEModule(TaskModule):
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["spec"]
-        recon, mu, logvar = self.net(x, self.labels(batch))
+        labels = self.labels(batch)
+        recon, mu, logvar = self.net(x, labels)
         if self.hparams.recon_loss == "mse":
             rec = F.mse_loss(recon, x)
         else:
             rec = (recon - x).pow(2).flatten(1).sum(dim=1).mean()
-        kl_per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=0)
+        # KL(q(z | x) || p(z)) for diagonal Gaussians; p is N(0, I) or the class prior
+        prior_mu, prior_logvar = self.net.prior(labels, x.shape[0])
+        kl_elem = prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0
+        kl_per_dim = 0.5 * kl_elem.mean(dim=0)
         kl = kl_per_dim.sum()
         kl_term = kl_per_dim.clamp_min(self.hparams.free_bits).sum() if self.hparams.free_bits > 0 else kl
         beta = self.kl_beta()
