@@ -58,9 +58,12 @@ def test_train_logs_per_target_sdr_and_eval_reproduces_it(trained, tmp_path):
     for target in ("vocals", "drums", "bass", "other", "mean"):
         assert f"test/sdr_{target}" in logged, sorted(logged)
     proc = run_cli("eval", f"ckpt={trained['ckpt']}", f"paths.log_dir={tmp_path}", "trainer=cpu")
-    report = json.loads((output_dir_of(proc) / "metrics.json").read_text())["metrics"]
+    out = output_dir_of(proc)
+    report = json.loads((out / "metrics.json").read_text())["metrics"]
     for key in ("test/sdr_vocals", "test/sdr_mean", "test/loss"):
         assert report[key] == pytest.approx(logged[key], abs=1e-4), key
+    text = (out / "report.md").read_text()
+    assert f"| bass | {report['test/sdr_bass']:.3f} |" in text and "test/sdr_mean" in proc.stdout
 
 
 @pytest.mark.slow

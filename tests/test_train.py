@@ -70,6 +70,9 @@ def test_train_then_eval_reproduces_test_metrics(tmp_path):
     for key in ("test/rpa", "test/rca", "test/loss"):
         assert report["metrics"][key] == pytest.approx(logged[key], abs=1e-6), key
     assert "test/rpa" in proc.stdout  # the printed table
+    text = (eval_dir / "report.md").read_text()
+    assert f"| test/rpa | {report['metrics']['test/rpa']:.3f} |" in text
+    assert "![contours](report/contours.png)" in text and (eval_dir / "report" / "contours.png").stat().st_size > 0
 
 
 @pytest.mark.slow

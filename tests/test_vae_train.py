@@ -3,9 +3,11 @@ generate.py from the checkpoint."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import soundfile as sf
-from helpers import compose_config, require_shared, run_cli
+from helpers import compose_config, output_dir_of, require_shared, run_cli
 
 from audiolab.train import train
 
@@ -112,3 +114,9 @@ def test_generation_metrics_from_a_trained_classifier(tmp_path, fsdd):
     vae_ckpt = tmp_path / "vae" / "checkpoints" / "last.ckpt"
     proc = run_cli("eval", f"ckpt={vae_ckpt}", f"model.classifier_ckpt={clf_ckpt}", f"paths.log_dir={tmp_path}")
     assert "test/gen_fd" in proc.stdout and "test/real_is" in proc.stdout
+    out = output_dir_of(proc)
+    report = json.loads((out / "metrics.json").read_text())["metrics"]
+    text = (out / "report.md").read_text()
+    # generation metrics with the real data's value beside them
+    assert f"| test/gen_fd | {report['test/gen_fd']:.3f} | {report['test/real_fd']:.3f} |" in text
+    assert "![spectrograms](report/spectrograms.png)" in text and (out / "report" / "spectrograms.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 """Evaluation task: rebuild model and data from the config stored in a checkpoint,
-run the test loop, write ``metrics.json`` and print a table."""
+run the test loop, write ``metrics.json`` and ``report.md`` (tables and plots) and print
+the headline table."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from audiolab.reports import write_report
 from audiolab.utils.checkpoint import load_checkpoint, stored_config
 from audiolab.utils.hydra import instantiate_callbacks, instantiate_loggers, task_wrapper
 
@@ -42,15 +44,17 @@ def run_config(cfg: DictConfig, checkpoint: dict[str, Any]) -> DictConfig:
     return stored
 
 
-def print_table(metrics: dict[str, float], title: str) -> None:
+def print_table(rows: list[tuple[str, float, float | str | None]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in sorted(metrics.items()):
-        table.add_row(name, f"{value:.4f}")
+    table.add_column("reference", justify="right")
+    for name, value, reference in rows:
+        ref = "" if reference is None else (f"{reference:.4f}" if isinstance(reference, float) else str(reference))
+        table.add_row(name, f"{value:.4f}", ref)
     Console().print(table)
 
 
@@ -84,5 +88,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     # exactly what was evaluated: the stored run config with this command's changes
     OmegaConf.save(run, out_dir / "run_config.yaml")
-    print_table(metrics, title=f"test metrics ({Path(cfg.ckpt).name})")
+    if trainer.is_global_zero:
+        headline = write_report(out_dir, model, datamodule, metrics, report, trainer).headline
+        print_table(headline, title=f"test metrics ({Path(cfg.ckpt).name}); report: {out_dir / 'report.md'}")
     return metrics, {"cfg": cfg, "run": run, "datamodule": datamodule, "model": model, "trainer": trainer}

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from audiolab.data.sampling import EpochSampler
 from audiolab.utils.errors import AudiolabError
+from audiolab.utils.threads import limit_threads
 
 log = logging.getLogger("audiolab")
 
@@ -497,14 +498,8 @@ class MusdbFullTrackDataset(Dataset):
 
 
 def _worker_init(worker_id: int) -> None:
-    """One thread per worker process (torch, and BLAS/OpenMP pools where threadpoolctl
-    is installed): workers x threads never oversubscribe the cores."""
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(1)
+    """One thread per loader worker: workers x threads never oversubscribe the cores."""
+    limit_threads(1)
 
 
 # -- the DataModule ---------------------------------------------------------------
@@ -768,10 +763,14 @@ class MusdbDataModule(L.LightningDataModule):
             )
         return self.val_set
 
-    def full_tracks(self, split: str = "test") -> MusdbFullTrackDataset:
+    def full_tracks(self, split: str = "test", targets: Sequence[str] | None = None) -> MusdbFullTrackDataset:
         """Whole tracks of ``split`` (``valid`` or ``test``; ``train`` works too) for
-        museval evaluation, one per item."""
-        return MusdbFullTrackDataset(self.tracks(split), self.targets, self.definitions, self.sample_rate)
+        museval evaluation, one per item. ``targets`` replaces ``data.targets`` as the
+        references (museval's vocals + accompaniment mode needs accompaniment even when
+        the model separates the four stems)."""
+        refs = self.tracks(split)
+        names = self.targets if targets is None else check_targets(targets, {"targets": self.definitions})
+        return MusdbFullTrackDataset(refs, names, self.definitions, self.sample_rate)
 
     # -- loaders --------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:

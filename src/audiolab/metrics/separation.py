@@ -1,5 +1,5 @@
-"""Fast separation metrics for validation. (museval's BSSEval v4 lives with the
-evaluation callbacks.)"""
+"""Fast separation metrics: whole-signal uSDR (validation) and chunk-median cSDR, the
+MDX challenge's quick numbers. (BSSEval v4 is in :mod:`audiolab.metrics.bss_eval`.)"""
 
 from __future__ import annotations
 
@@ -23,6 +23,35 @@ def usdr(
     num = ref.square().sum(dim=(-2, -1)) + delta
     den = (ref - estimates.double()).square().sum(dim=(-2, -1)) + delta
     return 10.0 * torch.log10(num / den)
+
+
+def csdr(
+    estimates: torch.Tensor,
+    references: torch.Tensor,
+    chunk_samples: int,
+    delta: float = USDR_DELTA,
+) -> torch.Tensor:
+    """Chunk-level SDR in dB (the MDX challenge's "cSDR"): the :func:`usdr` of every
+    ``chunk_samples``-long chunk, then the median over chunks (the mean of the two middle
+    values for an even count, as ``numpy.median``). A trailing partial chunk is dropped,
+    as museval's framing drops a partial frame; a signal shorter than one chunk is one
+    chunk. Inputs ``(..., C, T)``; output ``(...)``; computed in float64."""
+    if estimates.shape != references.shape:
+        raise ValueError(
+            f"estimates {tuple(estimates.shape)} and references {tuple(references.shape)} "
+            "must have the same (..., C, T) shape"
+        )
+    if chunk_samples < 1:
+        raise ValueError(f"chunk_samples must be a positive number of samples, got {chunk_samples}")
+    length = references.shape[-1]
+    size = min(chunk_samples, length)
+    count = max(length // chunk_samples, 1)
+
+    def chunks(x: torch.Tensor) -> torch.Tensor:  # (..., C, T) -> (..., K, C, W)
+        return x[..., : count * size].unflatten(-1, (count, size)).transpose(-3, -2)
+
+    per_chunk = usdr(chunks(estimates), chunks(references), delta)
+    return torch.quantile(per_chunk, 0.5, dim=-1)
 
 
 class MeanUsdr(Metric):

@@ -39,7 +39,10 @@ def overlap_window(kind: str, length: int, device=None) -> torch.Tensor:
     """A cross-fade window that is positive everywhere: the summed weight we divide by
     never vanishes, even where only one chunk covers a sample."""
     if kind == "hann":
-        return torch.hann_window(length + 2, periodic=False, device=device)[1:-1]
+        # float64: in float32 the end values of a long window (1 - cos of a tiny angle)
+        # round to exactly 0, and a track ending on a chunk end got 0 / 0 = NaN samples
+        window = torch.hann_window(length + 2, periodic=False, dtype=torch.float64, device=device)
+        return window[1:-1].float()
     if kind == "triangular":
         ramp = torch.arange(1, length + 1, device=device, dtype=torch.float32)
         return torch.minimum(ramp, ramp.flip(0)) / math.ceil(length / 2)

@@ -59,3 +59,24 @@ def log_audio(trainer, key: str, audio: np.ndarray, sample_rate: int, step: int)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_audio(key, audio[None], global_step=step, sample_rate=sample_rate)
     return path
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured markdown table; floats with 3 decimals."""
+
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def log_table(trainer, key: str, columns: list[str], rows: list[list], step: int) -> None:
+    """Send a table to the loggers that can show one: a W&B table, or markdown text in
+    TensorBoard. (Callers keep their own copy in the run folder.)"""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key=key, columns=columns, data=rows, step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(key, markdown_table(columns, rows), global_step=step)

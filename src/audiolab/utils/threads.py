@@ -1,0 +1,17 @@
+"""Thread pools of worker processes."""
+
+from __future__ import annotations
+
+import torch
+
+
+def limit_threads(n: int = 1) -> None:
+    """At most ``n`` threads in this process for torch and, where threadpoolctl is
+    installed, the BLAS/OpenMP pools of numpy and scipy: worker processes x threads then
+    never oversubscribe the cores."""
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(n)
