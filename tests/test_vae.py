@@ -70,6 +70,20 @@ def test_losses_kl_warmup_and_free_bits():
     assert out["loss"].item() >= expected * (1 - 1e-5)
 
 
+def test_gaussian_recon_loss_is_the_nll_at_the_ml_variance():
+    module = small_module(recon_loss="gaussian", recon_weight=1.0).eval()
+    module.net.reparameterize = lambda mu, logvar: mu  # deterministic decoder input
+    x = batch(3)["spec"]
+    out = module._losses(batch(3) | {"spec": x})
+    rec = module.net.decode(module.net.encode(x)[0])
+    var = (rec - x).pow(2).mean()  # the maximum-likelihood shared variance
+    # Gaussian NLL of each item at that variance, summed over its values, mean over items
+    nll = ((rec - x).pow(2) / (2 * var) + 0.5 * torch.log(2 * math.pi * var)).flatten(1).sum(1).mean()
+    assert out["recon"].item() == pytest.approx(nll.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown recon_loss 'l3'"):
+        small_module(recon_loss="l3")
+
+
 def test_generation_api():
     module = small_module(n_classes=10).eval()
     b = batch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -12,7 +13,7 @@ from audiolab.audio.features import min_max_denormalise
 from audiolab.metrics.spectral import LogSpectralDistance
 from audiolab.models.base import TaskModule
 
-RECON_LOSSES = ("mse", "sse")
+RECON_LOSSES = ("mse", "sse", "gaussian")
 
 
 class VAEModule(TaskModule):
@@ -23,8 +24,10 @@ class VAEModule(TaskModule):
     net, the label named by ``label_key``.
 
     Loss: ``recon_weight * recon + beta * KL``, where ``recon`` is ``mse`` (mean over every
-    value: the classic recipe, with ``recon_weight`` 1e6) or ``sse`` (sum over the values of
-    an item, mean over items); ``beta`` ramps linearly from 0 to ``kl_weight`` over
+    value: the classic recipe, with ``recon_weight`` 1e6), ``sse`` (sum over the values of
+    an item, mean over items) or ``gaussian`` (the Gaussian negative log-likelihood of an
+    item with one shared variance at its maximum-likelihood value, the batch MSE: a
+    sigma-VAE, whose balance of reconstruction and KL needs no tuning); ``beta`` ramps linearly from 0 to ``kl_weight`` over
     ``kl_warmup_steps``; with ``free_bits`` > 0 every latent dimension's KL (batch mean) is
     floored at that many nats, so the encoder is not pushed to ignore the input.
 
@@ -128,8 +131,15 @@ class VAEModule(TaskModule):
         recon, mu, logvar = self.net(x, labels)
         if self.hparams.recon_loss == "mse":
             rec = F.mse_loss(recon, x)
-        else:
+        elif self.hparams.recon_loss == "sse":
             rec = (recon - x).pow(2).flatten(1).sum(dim=1).mean()
+        else:
+            # Gaussian NLL per item with one variance shared by every value, set to its
+            # maximum-likelihood value, the batch MSE (Rybkin et al. 2021, "sigma-VAE"):
+            # the reconstruction's weight against the KL follows the actual error instead
+            # of a hand-set constant
+            mse = F.mse_loss(recon, x)
+            rec = 0.5 * x[0].numel() * (torch.log(2 * math.pi * mse.clamp_min(1e-8)) + 1.0)
         # KL(q(z | x) || p(z)) for diagonal Gaussians; p is N(0, I) or the class prior
         prior_mu, prior_logvar = self.net.prior(labels, x.shape[0])
         kl_elem = prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0
