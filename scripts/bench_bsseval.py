@@ -1,18 +1,25 @@
 """museval vs audiolab's BSSEval v4 on the same inputs, one run:
 
     .venv/bin/python scripts/bench_bsseval.py [--seconds 60] [--sources 4] [--device cpu|cuda]
+        [--float-stems] [--museval-ulp] [--profile]
 
-Both score the same estimates of the same references (a synthetic track from the
-built-in generator, estimates = references plus noise and cross-talk of varying
-strength) with BSSEval v4 (images mode, whole-track filters, 1-s frames). Prints the
-seconds of each, the ratio, and the largest |difference| per metric (NaN positions
-must match).
+Both score the same estimates of the same references (a synthetic track from the built-in
+generator, estimates = references plus noise and cross-talk of varying strength) with
+BSSEval v4 (images mode, whole-track filters, 1-s frames). Prints the seconds of each, the
+ratio, and the largest |difference| per metric (NaN positions must match).
+
+The references are quantised to 16 bits, as the synthetic dataset stores them (and as every
+real stem is); ``--float-stems`` keeps the raw float renders, whose band-limited sources
+without a noise floor make the Gram matrix singular to working precision: there museval's
+ISR/SIR/SAR are rounding noise, which ``--museval-ulp`` shows by running museval again on
+references changed by one ulp. ``--profile`` adds where audiolab's time goes, by stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -20,11 +27,17 @@ import torch
 from audiolab.data.synth_musdb import SOURCES, render_track
 from audiolab.metrics.bss_eval import bss_eval_v4
 
+METRICS = ("sdr", "isr", "sir", "sar")
 
-def make_case(seconds: float, n_sources: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+
+def make_case(
+    seconds: float, n_sources: int, seed: int = 0, quantise: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """References ``(S, T, 2)`` from a synthetic track and estimates of graded quality."""
     stems = render_track(seed=seed, duration=seconds, sample_rate=44100)
     refs = np.stack([stems[name].T for name in SOURCES[:n_sources]]).astype(np.float64)
+    if quantise:
+        refs = np.round(refs * 32767) / 32767
     rng = np.random.default_rng(seed)
     mix = refs.sum(0)
     ests = np.empty_like(refs)
@@ -35,6 +48,48 @@ def make_case(seconds: float, n_sources: int, seed: int = 0) -> tuple[np.ndarray
     return refs, ests
 
 
+def museval_scores(refs: np.ndarray, ests: np.ndarray) -> dict[str, np.ndarray]:
+    import museval
+
+    scores = museval.metrics.bss_eval(
+        refs, ests, window=44100, hop=44100, framewise_filters=False, bsseval_sources_version=False
+    )
+    return dict(zip(METRICS, scores[:4], strict=True))
+
+
+def largest_difference(a: dict, b: dict) -> dict[str, tuple[float, bool]]:
+    """Per metric: max |a - b| where both are finite, and whether NaNs sit at the same places."""
+    out = {}
+    for name in METRICS:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        finite = np.isfinite(x) & np.isfinite(y)
+        diff = float(np.abs(x - y)[finite].max()) if finite.any() else float("nan")
+        out[name] = (diff, bool(np.array_equal(np.isnan(x), np.isnan(y))))
+    return out
+
+
+def profile_stages(refs: torch.Tensor, ests: torch.Tensor) -> None:
+    """Seconds per stage of one audiolab call (torch profiler, the bss_eval.* labels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        bss_eval_v4(refs, ests)
+        total = time.perf_counter() - start
+    stages = {
+        e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("bss_eval.")
+    }
+    print(f"\naudiolab stages (one call, {total:.2f} s under the profiler):")
+    print("| stage | seconds | share |")
+    print("|---|---:|---:|")
+    for key, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"| {key.removeprefix('bss_eval.')} | {seconds:.3f} | {seconds / total:.0%} |")
+    rest = total - sum(stages.values())
+    print(
+        f"| other (filters to frequency, dead channels, glue) | {rest:.3f} | {rest / total:.0%} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,46 +97,56 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--sources", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--float-stems", action="store_true", help="do not quantise to 16 bits")
+    parser.add_argument("--museval-ulp", action="store_true", help="museval again, refs + 1 ulp")
+    parser.add_argument("--profile", action="store_true", help="audiolab's time by stage")
     args = parser.parse_args()
-    import museval
 
-    refs, ests = make_case(args.seconds, args.sources)
+    refs, ests = make_case(args.seconds, args.sources, quantise=not args.float_stems)
     print(
-        f"{args.sources} sources, stereo, {args.seconds:g} s at 44.1 kHz; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{args.sources} sources, stereo, {args.seconds:g} s at 44.1 kHz, "
+        f"{'float' if args.float_stems else '16-bit'} references; torch {torch.__version__}"
     )
 
     start = time.perf_counter()
-    sdr, isr, sir, sar, _ = museval.metrics.bss_eval(
-        refs, ests, window=44100, hop=44100, framewise_filters=False, bsseval_sources_version=False
-    )
+    theirs = museval_scores(refs, ests)
     t_museval = time.perf_counter() - start
 
     device = torch.device(args.device)
     refs_t, ests_t = torch.from_numpy(refs).to(device), torch.from_numpy(ests).to(device)
-    bss_eval_v4(refs_t[:, :44100], ests_t[:, :44100])  # warm-up (kernels, allocator)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    ours = bss_eval_v4(refs_t, ests_t)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t_ours = time.perf_counter() - start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bss_eval_v4(refs_t[:, :44100], ests_t[:, :44100])  # warm-up (kernels, allocator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        ours = bss_eval_v4(refs_t, ests_t)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_ours = time.perf_counter() - start
+    for warning in {str(w.message) for w in caught}:
+        print(f"audiolab warned: {warning}")
+    ours = {k: v.cpu().numpy() for k, v in ours.items()}
 
     print("| | museval | audiolab | ratio |")
     print("|---|---:|---:|---:|")
     print(
         f"| seconds ({args.device}) | {t_museval:.2f} | {t_ours:.3f} | {t_museval / t_ours:.1f}x |"
     )
-    for name, theirs in (("sdr", sdr), ("isr", isr), ("sir", sir), ("sar", sar)):
-        mine = ours[name].cpu().numpy()
-        same_nan = np.array_equal(np.isnan(mine), np.isnan(theirs))
-        finite = np.isfinite(mine) & np.isfinite(theirs)
-        diff = np.abs(mine[finite] - theirs[finite]).max() if finite.any() else float("nan")
-        print(
-            f"| max abs diff {name.upper()} (dB) | | {diff:.2e} | NaN positions {'equal' if same_nan else 'DIFFER'} |"
-        )
-    print(f"median SDR per source (museval): {np.round(np.nanmedian(sdr, axis=1), 2).tolist()}")
+    for name, (diff, same_nan) in largest_difference(ours, theirs).items():
+        nan = "NaN positions equal" if same_nan else "NaN positions DIFFER"
+        print(f"| max abs diff {name.upper()} (dB) | | {diff:.2e} | {nan} |")
+    print(
+        f"median SDR per source (museval): {np.round(np.nanmedian(theirs['sdr'], axis=1), 2).tolist()}"
+    )
+
+    if args.museval_ulp:
+        again = museval_scores(np.nextafter(refs, np.inf), ests)
+        print("\nmuseval on references changed by one ulp, vs museval:")
+        for name, (diff, _) in largest_difference(again, theirs).items():
+            print(f"  max abs diff {name.upper()}: {diff:.2e} dB")
+    if args.profile:
+        profile_stages(refs_t, ests_t)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,81 @@
 """BSSEval v4 (museval's default "images" mode) in batched float64 torch.
 
 Same definitions as ``museval.metrics.bss_eval(refs, ests, window, hop,
-framewise_filters=False, bsseval_sources_version=False)``: 512-tap distortion filters are
-estimated once over the whole track by least squares (Gram matrix of delayed references,
-loaded with ``eps`` on its diagonal), then each frame's references are projected with those
-filters and SDR, ISR, SIR, SAR come from the energies of the decomposition.
+framewise_filters=False, bsseval_sources_version=False)``: distortion filters of
+``filter_len`` taps are estimated once over the whole track by least squares (the normal
+equations ``(G + eps I) c = D``, ``G`` the Gram matrix of all delayed reference channels,
+``eps`` numpy's float64 eps, as museval), then each frame's references are projected with
+those filters, and SDR, ISR, SIR, SAR come from the energies of the decomposition.
 
-Why it is faster than museval while giving the same numbers:
+Where museval spends its time, and what is done here instead (same numbers):
 
-* correlations for the Gram matrix and the cross-correlations with the estimates come from
-  short overlapping-block FFTs, summed over blocks by one batched complex matmul, instead of
-  one full-length FFT product per pair of channels;
-* one LU factorisation serves every estimate (museval solves the same system once per
-  estimate);
-* all frames are projected at once in the frequency domain and the energies are read off
-  the spectra by Parseval, so no inverse FFT is taken at all.
+* the solve (most of museval's time): museval factorises the dense ``(L P) x (L P)`` Gram
+  matrix (``L`` taps, ``P`` reference channels: 4096 x 4096 for 4 stereo targets) once per
+  estimate, plus once per target for its own-reference projection. ``G`` is block Toeplitz
+  (one ``P x P`` block per lag), so here one block Schur recursion gives its Cholesky factor
+  in ``O(L^2 P^3)``; it serves every estimate, and the own-reference systems (``G`` with the
+  other sources' blocks masked out) are factorised in the same batch;
+* the correlations that ``G`` and the right-hand sides are made of (lags below ``L`` only)
+  come from the spectra of the frames themselves (when the frames tile the track, as with
+  1-s windows and hops), plus a correction from short segments around the frame boundaries,
+  instead of one full-length FFT product per pair of channels;
+* the frames: all are projected at once in the frequency domain and the energies are read
+  off the spectra by Parseval, so no inverse FFT is taken, in frequency chunks that stay in
+  cache.
+
+Degenerate references that real stems have (an all-zero channel, a channel identical to
+another: dual mono) make ``G`` singular but for museval's ``eps``; the zero or duplicate
+channel is taken out of the least squares (its filter is zero; the projection, which is all
+the metrics see, is museval's). When ``G`` is singular to working precision without such an
+exact cause (stems without a noise floor: band-limited synthetic audio never quantised),
+museval's ISR/SIR/SAR are rounding noise: a one-ulp change of the references, or another
+BLAS thread count, moves them by up to 19 dB (measured), so no implementation can match
+them. There the Schur recursion breaks down; the diagonal then gets the smallest ridge in
+``_RIDGES`` (times the largest channel energy) that lets it through, with a warning, and the
+projection it gives is reported: stable under such changes, and SDR (which needs no
+projection) is museval's.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 __all__ = ["bss_eval_v4"]
 
 # museval adds numpy's float eps (an absolute number, not relative) to the Gram diagonal.
 _EPS = float(np.finfo(np.float64).eps)
-# Size of the blocks used to accumulate correlations (>= 4 * filter_len is enforced).
-_CORR_FFT = 8192
-# Rough cap on complex elements per intermediate tensor; bounds memory on long tracks.
-_CHUNK_ELEMS = 2**23
+# Ridges (relative to the largest channel energy) tried in turn, only where G is singular to
+# working precision: the smallest with which the Schur recursion goes through is used.
+_RIDGES = (1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6)
+# Tile length for the correlations when the frames do not tile the track.
+_CORR_TILE = 32768
+# Caps on complex elements: spectra held at once (bounds memory on long tracks), spectra of
+# one FFT call, and one chunk of the frequency-chunked loops (small enough to stay in cache).
+_MAX_SPEC_ELEMS = 2**26
+_FFT_ELEMS = 2**23
+_CHUNK_ELEMS = 2**17
+# Samples between those looked at first by the silence test.
+_SILENCE_STRIDE = 97
+
+
+@contextmanager
+def _torch_threads(n: int | None, device: torch.device):
+    """torch's CPU threads set to ``n`` (None: left alone) inside, restored afterwards."""
+    if n is None or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _as_3d_float64(x: np.ndarray | torch.Tensor, device: torch.device | None) -> torch.Tensor:
@@ -45,12 +89,6 @@ def _as_3d_float64(x: np.ndarray | torch.Tensor, device: torch.device | None) ->
     elif t.ndim == 2:
         t = t[:, :, None]
     return t
-
-
-def _any_source_silent(x: torch.Tensor) -> torch.Tensor:
-    """museval's silence test on ``(..., S, C, N)``: some source whose channel *sum* is zero
-    at every sample (a sum, not an abs-sum, exactly as museval)."""
-    return (x.sum(dim=-2) == 0).all(dim=-1).any(dim=-1)
 
 
 def _next_fast_len(n: int) -> int:
@@ -83,77 +121,274 @@ def _frame_starts(n_samples: int, window: float, hop: float) -> tuple[list[int],
     return starts, int(window)
 
 
-def _correlations(x: torch.Tensor, y: torch.Tensor, max_lag: int) -> torch.Tensor:
-    """``r[p, q, m] = sum_n x[p, n + m - max_lag] * y[q, n]`` for ``m in [0, 2 max_lag]``
-    (linear cross-correlation at lags ``-max_lag..max_lag``) of ``x (P, N)``, ``y (Q, N)``.
+def _frames(x: torch.Tensor, starts: list[int], width: int) -> torch.Tensor:
+    """``(..., T, width)`` frames ``x[..., s : s + width]`` of ``x (..., N)``, all inside it: a
+    strided view when the starts are evenly spaced (always, but for fractional hops)."""
+    steps = {b - a for a, b in zip(starts[:-1], starts[1:], strict=True)}
+    if len(steps) <= 1:
+        step = steps.pop() if steps else 1
+        return x[..., starts[0] :].unfold(-1, width, step)[..., : len(starts), :]
+    idx = torch.tensor(starts, device=x.device)[:, None] + torch.arange(width, device=x.device)
+    return x[..., idx]
 
-    ``y`` is cut into blocks, each correlated with the stretch of ``x`` that spans it plus
-    ``max_lag`` on both sides; with FFT size = block + 2 max_lag the wanted lags never wrap,
-    and the per-block cross-spectra are summed by one batched matmul over frequencies."""
-    n = x.shape[-1]
-    n_fft = max(_CORR_FFT, 1 << (4 * max_lag).bit_length())
-    block = n_fft - 2 * max_lag
-    n_blocks = -(-n // block)
-    y_pad = torch.nn.functional.pad(y, (0, n_blocks * block - n))
-    x_pad = torch.nn.functional.pad(x, (max_lag, n_blocks * block - n + max_lag))
+
+def _spectra(
+    signals: list[torch.Tensor], starts: list[int], width: int, n_fft: int, n_corr: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frequency-major spectra ``(F, T, K)`` of the frames ``x[..., s : s + width]`` (zeros
+    past the end) of the ``(n, C, N)`` tensors in ``signals``, zero-padded to ``n_fft``;
+    ``K`` runs over (tensor, n, C). Frequency-major, the batched matmuls over frequencies
+    read contiguous slices. With ``n_corr``, also the cross-spectra summed over frames
+    ``(F, n_corr, K)``, ``sum_t conj(X_t[:n_corr])^T X_t``, while the spectra are in cache."""
+    n = signals[0].shape[-1]
+    n_rows = sum(x.shape[0] * x.shape[1] for x in signals)
     n_freq = n_fft // 2 + 1
-    acc = torch.zeros(n_freq, x.shape[0], y.shape[0], dtype=torch.complex128, device=x.device)
-    per_chunk = max(1, _CHUNK_ELEMS // (n_freq * (x.shape[0] + y.shape[0])))
-    for b0 in range(0, n_blocks, per_chunk):
-        b1 = min(n_blocks, b0 + per_chunk)
-        xs = x_pad[:, b0 * block : b1 * block + 2 * max_lag].unfold(-1, n_fft, block)
-        ys = y_pad[:, b0 * block : b1 * block].reshape(y.shape[0], b1 - b0, block)
-        # Contiguous (F, P, blocks) @ (F, blocks, Q): batched matmul is slow on strided input.
-        xf = torch.fft.rfft(xs.contiguous()).permute(2, 0, 1).contiguous()
-        yf = torch.fft.rfft(ys, n=n_fft).permute(2, 1, 0).conj().contiguous()
-        acc += xf @ yf
-    r = torch.fft.irfft(acc, n=n_fft, dim=0)[: 2 * max_lag + 1]  # (2L-1, P, Q)
-    return r.permute(1, 2, 0)
+    out = signals[0].new_empty(n_freq, len(starts), n_rows, dtype=torch.complex128)
+    acc = out.new_zeros(n_freq, n_corr, n_rows) if n_corr else None
+    step = min(len(starts), max(1, _FFT_ELEMS // (n_rows * n_freq)))
+    # One buffer for every batch of frames: a fresh large one costs a page fault per page.
+    tiles = signals[0].new_empty(step, n_rows, n_fft)
+    for t0 in range(0, len(starts), step):
+        part = starts[t0 : t0 + step]
+        full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
+        # Padding by hand (rfft's own ``n=`` padding is markedly slower), zeroing only the pad.
+        row = 0
+        for x in signals:
+            view = tiles[: len(part), row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
+            row += x.shape[0] * x.shape[1]
+            if full:
+                view[:full, ..., :width] = _frames(x, part[:full], width).permute(2, 0, 1, 3)
+            for t in range(full, len(part)):
+                view[t, ..., : n - part[t]] = x[..., part[t] :]
+        tiles[:full, :, width:] = 0
+        for t in range(full, len(part)):
+            tiles[t, :, n - part[t] :] = 0
+        spec = torch.fft.rfft(tiles[: len(part)])
+        # to frequency-major in chunks that stay in cache (several times faster than at once)
+        f_step = max(1, _CHUNK_ELEMS // (len(part) * n_rows))
+        for f0 in range(0, n_freq, f_step):
+            z = out[f0 : f0 + f_step, t0 : t0 + len(part)]
+            z.copy_(spec[..., f0 : f0 + f_step].permute(2, 0, 1))
+            if n_corr:
+                # conj(X)^T Y, which BLAS reads without a conjugated copy
+                acc[f0 : f0 + f_step] += z[..., :n_corr].mH @ z
+    return out, acc
 
 
-def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``solve(a + eps I, b)`` like museval; where LU says the loaded matrix is singular,
-    fall back (as museval does) to the least-squares solution of the unloaded system."""
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    x, info = torch.linalg.solve_ex(a + _EPS * eye, b)
-    bad = info != 0
-    if bool(bad.any()):
-        x = x.clone()
-        x[bad] = torch.linalg.pinv(a[bad], hermitian=True) @ b[bad]
-    return x
+def _boundary_correlations(
+    signals: list[torch.Tensor], p: int, bounds: list[int], lag: int
+) -> torch.Tensor:
+    """The part of the correlations ``r[m, i, j] = sum_n y[i, n + m] y[j, n]`` (``y`` the
+    channels of ``signals`` stacked as in :func:`_spectra`; lags ``m = -lag..lag``; rows ``i``
+    among the first ``p``) that pairs samples on the two sides of a tile boundary, summed over
+    the ``bounds`` (tiles at least ``lag`` long), as ``(2 lag + 1, p, K)``. Per-tile spectra
+    see only pairs inside one tile; this adds the rest."""
+    n = signals[0].shape[-1]
+    k = sum(x.shape[0] * x.shape[1] for x in signals)
+    if not bounds:
+        return signals[0].new_zeros(2 * lag + 1, p, k)
+    n_fft = 1 << (3 * lag).bit_length()  # segments of 2 lag samples: wanted lags never wrap
+    idx = torch.tensor(bounds, device=signals[0].device)[:, None]
+    idx = idx + torch.arange(-lag, lag, device=idx.device)
+    # (2, K, B, n_fft): lag samples before each boundary (zeros after), and lag after it
+    # (zeros before, and past the end of the track), zero-padded
+    sides = signals[0].new_zeros(2, k, len(bounds), n_fft)
+    row = 0
+    for x in signals:
+        seg = x.transpose(1, 2)[:, idx.clamp(max=n - 1)] * (idx < n)[..., None]  # (S, B, 2 lag, C)
+        seg = seg.permute(0, 3, 1, 2).flatten(0, 1)
+        sides[0, row : row + len(seg), :, :lag] = seg[..., :lag]
+        sides[1, row : row + len(seg), :, lag : 2 * lag] = seg[..., lag:]
+        row += len(seg)
+    spec = torch.fft.rfft(sides).permute(3, 0, 1, 2).contiguous()  # (F, 2, K, B)
+    before, after = spec[:, 0], spec[:, 1]
+    # x before with y after, and x after with y before, summed over the boundaries
+    acc = before[:, :p] @ after.mH + after[:, :p] @ before.mH
+    r = torch.fft.irfft(acc, n=n_fft, dim=0)
+    return torch.cat([r[n_fft - lag :], r[: lag + 1]])
+
+
+def _block_toeplitz_cholesky(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factor of symmetric positive definite block Toeplitz matrices by the block
+    Schur algorithm.
+
+    ``blocks (B, L, P, P)``: the first block row, ``T[a, a + k] = blocks[:, k]`` (so
+    ``T[a + k, a] = blocks[:, k].T``). Returns ``R (B, L P, L P)``, upper triangular with
+    ``R^T R = T``, and ``ok (B,)``: False where the recursion broke down (``T`` not positive
+    definite to working precision; that ``R`` is garbage).
+
+    The displacement ``T - Z T Z^T`` (``Z`` shifts by one block) is ``u^T u - v^T v`` for a
+    ``P``-row generator ``(u, v)``; each step shifts ``u``, zeroes the leading block of ``v``
+    with a block hyperbolic rotation, and the rotated ``u`` is the next block row of ``R``.
+    The rotation is applied in mixed form (``v`` updated from the already rotated ``u``), the
+    form whose factorisation error is of the order of Cholesky's (Bojanczyk, Brent, de Hoog
+    and Sweet, 1995), and each diagonal block is made upper triangular by a small QR."""
+    bsz, n_blk, p, _ = blocks.shape
+    eye = torch.eye(p, dtype=blocks.dtype, device=blocks.device)
+    u0, info = torch.linalg.cholesky_ex(blocks[:, 0], upper=True)
+    failed = info != 0
+    row = blocks.permute(0, 2, 1, 3).reshape(bsz, p, n_blk * p)
+    # Only the upper triangle is written, and only it is read by the triangular solves.
+    r = torch.empty(bsz, n_blk, p, n_blk * p, dtype=blocks.dtype, device=blocks.device)
+    r[:, 0] = torch.linalg.solve_triangular(u0.mT, row, upper=False)
+    v = r[:, 0, :, p:]  # the same row without its lag-0 block
+    for k in range(1, n_blk):
+        u = r[:, k - 1, :, (k - 1) * p : (n_blk - 1) * p]  # previous row, shifted one block
+        u_k = u[:, :, :p]
+        # Reflection coefficient K (K u_k = v_k, u_k upper triangular), and lower Cholesky
+        # factors l_u l_u^T = I - K^T K, l_v l_v^T = I - K K^T.
+        refl = torch.linalg.solve_triangular(u_k, v[:, :, :p], upper=True, left=False)
+        pair = torch.stack([refl.mT, refl], dim=1)
+        chol, info = torch.linalg.cholesky_ex(eye - pair @ pair.mT)
+        failed |= (info != 0).any(dim=1)
+        l_u, l_v = chol.unbind(dim=1)
+        # The new row is Q^T l_u^-1 (u - K^T v), Q orthogonal making its lag-0 block upper
+        # triangular; that block is Q^T l_u^T u_k (as v_k = K u_k), so Q comes first.
+        q, _ = torch.linalg.qr(l_u.mT @ u_k)
+        to_u = q.mT @ torch.linalg.solve_triangular(l_u, eye, upper=False)
+        u_new = r[:, k, :, k * p :]
+        torch.baddbmm(to_u @ u, to_u @ refl.mT, v, alpha=-1, out=u_new)
+        # Mixed form: v' = l_v^-1 (v - K u) = l_v^T v - l_v^-1 K (u - K^T v), and
+        # u - K^T v = l_u Q u_new.
+        from_u = torch.linalg.solve_triangular(l_v, refl @ l_u @ q, upper=False)
+        v = torch.baddbmm(l_v.mT @ v, from_u, u_new, alpha=-1)[:, :, p:]
+    ok = ~failed & torch.isfinite(r[:, -1, :, -p:]).all(dim=(-2, -1))
+    return r.reshape(bsz, n_blk * p, n_blk * p), ok
+
+
+def _dead_channels(x: torch.Tensor, energy: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """``(P,)`` mask of the channels of ``x (S, C, N)`` (``P = S C``) that add nothing to the
+    span of the delayed references: all-zero channels, and channels identical to an earlier
+    one of the same ``group`` (``group (P,)`` ids). ``energy (P,)``, the channel energies,
+    rules out most pairs before the exact comparison."""
+    n_chan = x.shape[1]
+    # an all-zero channel has exactly zero energy (and only such a channel, but in underflow)
+    dead = torch.zeros_like(energy, dtype=torch.bool)
+    for q in (energy == 0).nonzero().flatten().tolist():
+        dead[q] = bool((x[q // n_chan, q % n_chan] == 0).all())
+    close = (energy[:, None] - energy[None, :]).abs() <= 1e-9 * energy[:, None]
+    candidate = torch.triu(close & (group[:, None] == group[None, :]) & ~dead, diagonal=1)
+    for p, q in candidate.nonzero().tolist():
+        if not dead[q] and torch.equal(x[p // n_chan, p % n_chan], x[q // n_chan, q % n_chan]):
+            dead[q] = True
+    return dead
+
+
+def _factorize(gamma: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factors ``R (B, L P, L P)`` of ``G + eps I`` for block Toeplitz ``G`` (first
+    block row ``gamma (B, L, P, P)``), with the ``dead (B, P)`` channels taken out (their rows
+    and columns replaced by the identity: zero filters for zero right-hand sides), and the
+    ``(B,)`` ridges used (zero where ``G`` was not singular to working precision)."""
+    eye = torch.eye(gamma.shape[-1], dtype=gamma.dtype, device=gamma.device)
+    live = (~dead).to(gamma.dtype)
+    gamma = gamma * live[:, None, :, None] * live[:, None, None, :]
+    gamma[:, 0] += eye * (1 - live)[:, None, :] + _EPS * eye
+    ridges = gamma.new_zeros(gamma.shape[0])
+    # The recursion is hundreds of tiny sequential ops: OpenMP fork/join per op would cost
+    # far more than the arithmetic (250x slower measured, 2 threads on 2 busy cores).
+    with _torch_threads(1, gamma.device), record_function("bss_eval.schur"):
+        chol, ok = _block_toeplitz_cholesky(gamma)
+        energy = torch.diagonal(gamma[:, 0], dim1=-2, dim2=-1).amax(dim=-1)
+        for ridge in _RIDGES:
+            if bool(ok.all()):
+                break
+            loaded = gamma[~ok]
+            loaded[:, 0] += (ridge * energy[~ok])[:, None, None] * eye
+            chol_ridged, ok_ridged = _block_toeplitz_cholesky(loaded)
+            fixed = (~ok).nonzero().flatten()[ok_ridged]
+            chol[fixed] = chol_ridged[ok_ridged]
+            ridges[fixed] = ridge
+            ok[fixed] = True
+    if not bool(ok.all()):
+        raise ValueError(
+            "bss_eval_v4: the Gram matrix of the delayed references stays singular with a "
+            f"ridge of {_RIDGES[-1]:g} x the largest channel energy; the references are too "
+            "degenerate to evaluate (e.g. constant or a few pure tones)"
+        )
+    return chol, ridges
+
+
+def _cho_solve(chol: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(R^T R)^-1 b`` for upper triangular ``R``."""
+    with record_function("bss_eval.solve"):
+        y = torch.linalg.solve_triangular(chol.mT, b, upper=False)
+        return torch.linalg.solve_triangular(chol, y, upper=True)
 
 
 def _distortion_filters(
-    refs: torch.Tensor, ests: torch.Tensor, filter_len: int
+    r: torch.Tensor, refs: torch.Tensor, filter_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole-track least-squares distortion filters.
+    """Whole-track least-squares distortion filters, tap-major, from the correlations
+    ``r (2 filter_len - 1, P, 2 P)`` (lags ``-(filter_len - 1)..filter_len - 1``) of the
+    reference channels with [reference channels, estimate channels]; ``refs (S, C, N)``.
 
-    Returns ``c_all (S_est, S_ref, C_in, L, C_out)``, projecting each estimate on all
-    references (museval's ``C``), and ``c_own (S, C_in, L, C_out)``, projecting estimate
-    ``j`` on reference ``j`` alone (museval's ``Cj``)."""
+    Returns ``c_all (L, P, Q)``, projecting every estimate channel ``q = (j, c)`` on all
+    reference channels ``p = (i, ci)`` (museval's ``C``), and ``c_own (L, P, C)``, projecting
+    the estimate of source ``i`` on reference ``i`` alone (museval's ``Cj``) at rows
+    ``p = (i, ci)``."""
     n_src, n_chan, _ = refs.shape
     p = n_src * n_chan
     lag = filter_len - 1
-    r = _correlations(refs.reshape(p, -1), torch.cat([refs, ests]).reshape(2 * p, -1), lag)
-    r_rr, r_re = r[:, :p], r[:, p:]
-    taps = torch.arange(filter_len, device=refs.device)
-    # G[(i,ci,a), (j,cj,b)] = <ref_i,ci delayed a, ref_j,cj delayed b> = r_rr[.., b - a]
-    gram = r_rr[:, :, taps[None, :] - taps[:, None] + lag]  # (P, P, L, L)
-    gram = gram.permute(0, 2, 1, 3).reshape(p * filter_len, p * filter_len)
-    # D[(i,ci,a), (j,c)] = <ref_i,ci delayed a, est_j,c> = r_re[.., -a]
-    cross = r_re[:, :, lag - taps].permute(0, 2, 1).reshape(p * filter_len, p)
+    # gamma[k][p, q] = <ref_p advanced by k, ref_q>: the first block row of the Gram matrix
+    # G[(a, p), (b, q)] = <ref_p delayed a, ref_q delayed b> = gamma[b - a][p, q].
+    gamma = r[lag:, :, :p]
+    # rhs[a][p, q] = <ref_p delayed a, est_q>
+    rhs = r[lag - torch.arange(filter_len, device=r.device), :, p:]
 
-    c_all = _solve(gram, cross)  # one LU for every estimate
-    c_all = c_all.reshape(n_src, n_chan, filter_len, n_src, n_chan).permute(3, 0, 1, 2, 4)
+    source = torch.arange(n_src, device=r.device).repeat_interleave(n_chan)
+    energy = torch.diagonal(gamma[0])
+    dead_all = _dead_channels(refs, energy, torch.zeros_like(source))
+    rhs_all = (rhs * ~dead_all[:, None]).reshape(filter_len * p, p)
     if n_src == 1:
         # museval solves the identical system twice; reuse it so SIR's zero interference is
         # exactly zero here too.
-        return c_all, c_all[:, 0]
-    k = n_chan * filter_len
-    gram_own = torch.diagonal(gram.reshape(n_src, k, n_src, k), dim1=0, dim2=2)
-    cross_own = torch.diagonal(cross.reshape(n_src, k, n_src, n_chan), dim1=0, dim2=2)
-    c_own = _solve(gram_own.permute(2, 0, 1), cross_own.permute(2, 0, 1))
-    return c_all, c_own.reshape(n_src, n_chan, filter_len, n_chan)
+        chol, ridges = _factorize(gamma[None], dead_all[None])
+        _warn_ridge(ridges)
+        c_all = _cho_solve(chol[0], rhs_all).reshape(filter_len, p, p)
+        return c_all, c_all
+    # The own-reference systems are G with the other sources' blocks masked, factorised in one
+    # batch with G; that factor is block diagonal too, and each source's block is solved with
+    # its estimate's right-hand side.
+    dead_own = _dead_channels(refs, energy, source)
+    chol, ridges = _factorize(
+        torch.stack([gamma, gamma * (source[:, None] == source[None, :])]),
+        torch.stack([dead_all, dead_own]),
+    )
+    _warn_ridge(ridges)
+    c_all = _cho_solve(chol[0], rhs_all).reshape(filter_len, p, p)
+    blocks = (filter_len, n_src, n_chan, filter_len, n_src, n_chan)
+    chol_own = torch.diagonal(chol[1].reshape(blocks), 0, 1, 4).permute(4, 0, 1, 2, 3)
+    # rhs_own[i][(a, ci), c] = rhs[a][(i, ci), (i, c)]: estimate i against reference i only
+    rhs_own = (rhs * ~dead_own[:, None]).reshape(filter_len, n_src, n_chan, n_src, n_chan)
+    rhs_own = torch.diagonal(rhs_own, 0, 1, 3).permute(3, 0, 1, 2)
+    c_own = _cho_solve(
+        chol_own.reshape(n_src, filter_len * n_chan, -1),
+        rhs_own.reshape(n_src, filter_len * n_chan, n_chan),
+    )
+    return c_all, c_own.reshape(n_src, filter_len, n_chan, n_chan).transpose(0, 1).reshape(
+        filter_len, p, n_chan
+    )
+
+
+def _warn_ridge(ridges: torch.Tensor) -> None:
+    if bool((ridges > 0).any()):
+        warnings.warn(
+            "bss_eval_v4: the Gram matrix of the delayed references is singular to working "
+            "precision (references without a noise floor, e.g. band-limited synthetic stems "
+            f"never quantised); used a ridge of {ridges.max().item():g} x the largest channel "
+            "energy. museval's ISR/SIR/SAR are rounding noise on such references (they change "
+            "with a one-ulp change of the input), so they cannot be matched there; SDR is "
+            "unaffected.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _sum_squares(spec: torch.Tensor) -> torch.Tensor:
+    """``sum_f |spec[f, ...]|^2`` of a complex ``(F, ...)`` tensor, as a dot product over the
+    frequency axis."""
+    flat = torch.view_as_real(spec).reshape(spec.shape[0], -1)
+    return (flat * flat).sum(dim=0).reshape(*spec.shape[1:], 2).sum(dim=-1)
 
 
 def _safe_db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -167,6 +402,8 @@ def bss_eval_v4(
     window: float = 44100,
     hop: float = 44100,
     filter_len: int = 512,
+    *,
+    num_threads: int | None = 1,
 ) -> dict[str, torch.Tensor]:
     """Framewise BSSEval v4 image metrics, numerically matching museval.
 
@@ -175,8 +412,20 @@ def bss_eval_v4(
     float64 on the device of the first torch input. Estimate ``j`` is scored against
     reference ``j`` (no permutation search). Returns ``{"sdr", "isr", "sir", "sar"}``, each
     float64 ``(n_sources, n_frames)``; frames where any reference or estimate is silent are
-    NaN, as in museval."""
+    NaN, as in museval.
+
+    ``num_threads``: torch CPU threads for the call (restored afterwards); ``None`` keeps
+    torch's setting. One by default: most of the work is many mid-sized ops, where OpenMP
+    fork/join costs more than it saves on a few cores and collapses when they are shared
+    (measured 3-5x slower with 2 threads on 2 busy cores); evaluate tracks in parallel
+    processes instead."""
     device = next((x.device for x in (references, estimates) if torch.is_tensor(x)), None)
+    with _torch_threads(num_threads, device or torch.device("cpu")):
+        return _bss_eval_v4(references, estimates, window, hop, filter_len, device)
+
+
+def _bss_eval_v4(references, estimates, window, hop, filter_len, device) -> dict[str, torch.Tensor]:
+    """:func:`bss_eval_v4` on ``device`` (None: that of the inputs, CPU for numpy)."""
     refs = _as_3d_float64(references, device)
     ests = _as_3d_float64(estimates, device)
     if refs.shape != ests.shape:
@@ -184,67 +433,161 @@ def bss_eval_v4(
     if refs.ndim != 3 or refs.numel() == 0:
         raise ValueError(f"expected non-empty (n_sources, n_samples, n_channels), got {refs.shape}")
     n_src, n_samples, n_chan = refs.shape
-    refs = refs.permute(0, 2, 1).contiguous()  # (S, C, N)
-    ests = ests.permute(0, 2, 1).contiguous()
-    if bool(_any_source_silent(refs)) or bool(_any_source_silent(ests)):
-        # museval refuses these too: the projection would be ill-posed.
-        raise ValueError("every reference and estimate must be non-silent over the track")
-    c_all, c_own = _distortion_filters(refs, ests, filter_len)
-
     starts, win_len = _frame_starts(n_samples, window, hop)
-    n_fft = _next_fast_len(win_len + filter_len - 1)  # linear convolution never wraps
-    n_freq = n_fft // 2 + 1
-    # Parseval for a real signal from its half spectrum: interior bins count twice.
-    weight = torch.full((n_freq,), 2.0 / n_fft, dtype=torch.float64, device=refs.device)
-    weight[0] = 1.0 / n_fft
-    if n_fft % 2 == 0:
-        weight[-1] = 1.0 / n_fft
-
-    # Filters to the frequency domain once, as (F, P_ref, 2 Q_est) matrices so that one
-    # batched matmul gives both projections: on all references (museval's s_true + e_spat +
-    # e_interf) and, through a block-diagonal filter, on the own reference (s_true + e_spat).
-    p = n_src * n_chan
-    filt_all = torch.fft.rfft(c_all, n=n_fft, dim=3)  # (S_est, S_ref, C_in, F, C_out)
-    filt_all = filt_all.permute(3, 1, 2, 0, 4).reshape(n_freq, p, p)
-    filt_own = torch.fft.rfft(c_own, n=n_fft, dim=2).permute(2, 0, 1, 3)  # (F, S, C_in, C_out)
-    filt_own = torch.diag_embed(filt_own.permute(0, 2, 3, 1))  # (F, C_in, C_out, S, S)
-    filt_own = filt_own.permute(0, 3, 1, 4, 2).reshape(n_freq, p, p)
-    filt = torch.cat([filt_all, filt_own], dim=-1)
-
-    def spectra(frames: torch.Tensor) -> torch.Tensor:
-        """``(S, C, T, W)`` frames to contiguous ``(F, T, S*C)`` zero-padded spectra."""
-        spec = torch.fft.rfft(frames, n=n_fft)
-        return spec.permute(3, 2, 0, 1).reshape(n_freq, frames.shape[2], p).contiguous()
-
-    def energy(spec: torch.Tensor) -> torch.Tensor:
-        """Energies per (frame, source) of ``(F, T, S*C)`` spectra, by Parseval."""
-        power = spec.real.square() + spec.imag.square()
-        # weighted sum over bins as a matvec (fast), then over the few channels
-        return (weight @ power.reshape(n_freq, -1)).reshape(-1, n_src, n_chan).sum(dim=-1)
-
-    out = {k: [] for k in ("sdr", "isr", "sir", "sar")}
-    starts_t = torch.tensor(starts, device=refs.device)
-    per_chunk = max(1, _CHUNK_ELEMS // (n_freq * p))
-    for t0 in range(0, len(starts), per_chunk):
-        idx = starts_t[t0 : t0 + per_chunk, None] + torch.arange(win_len, device=refs.device)
-        ref_fr = refs[:, :, idx]  # (S, C, T, W)
-        est_fr = ests[:, :, idx]
-        silent = _any_source_silent(ref_fr.permute(2, 0, 1, 3)) | _any_source_silent(
-            est_fr.permute(2, 0, 1, 3)
+    with record_function("bss_eval.silence"):
+        silent = _silent_frames(refs, ests, starts, win_len)
+    # (S, C, N) views of museval's (S, N, C) layout: no copy of the tracks is made.
+    signals = [refs.transpose(1, 2), ests.transpose(1, 2)]
+    n_fft = _next_fast_len(win_len + filter_len - 1)  # neither convolution nor correlation wraps
+    r, spec = _track_correlations(signals, starts, win_len, n_fft, filter_len - 1)
+    c_all, c_own = _distortion_filters(r, signals[0], filter_len)
+    with record_function("bss_eval.energies"):
+        e_dist, e_spat, e_interf, e_artif, e_true, e_target, e_image = _frame_energies(
+            signals, spec, _filter_spectra(c_all, c_own, n_fft, n_src), starts, win_len, n_fft
         )
-        ref_f = spectra(ref_fr)
-        est_f = spectra(est_fr)
-        proj_all, proj_own = (ref_f @ filt).split(p, dim=-1)
-        if n_src == 1:
-            proj_own = proj_all  # bit-identical, so SIR's zero interference stays exact
+    out = {
+        "sdr": _safe_db(e_true, e_dist),
+        "isr": _safe_db(e_true, e_spat),
+        "sir": _safe_db(e_image, e_interf),
+        "sar": _safe_db(e_target, e_artif),
+    }
+    # NaN in frames where some reference or estimate is silent, as in museval
+    return {k: torch.where(silent[:, None], torch.nan, v).T.contiguous() for k, v in out.items()}
 
-        # Energies of museval's _bss_crit, all (T, S); in the time domain where it is free.
-        e_true = ref_fr.square().sum(dim=(1, 3)).T
-        e_dist = (est_fr - ref_fr).square().sum(dim=(1, 3)).T  # e_spat + e_interf + e_artif
-        sdr = _safe_db(e_true, e_dist)
-        isr = _safe_db(e_true, energy(proj_own - ref_f))
-        sir = _safe_db(energy(proj_own), energy(proj_all - proj_own))
-        sar = _safe_db(energy(proj_all), energy(est_f - proj_all))
-        for name, val in (("sdr", sdr), ("isr", isr), ("sir", sir), ("sar", sar)):
-            out[name].append(torch.where(silent[:, None], torch.nan, val))
-    return {k: torch.cat(v).T.contiguous() for k, v in out.items()}
+
+def _silent_frames(
+    refs: torch.Tensor, ests: torch.Tensor, starts: list[int], width: int
+) -> torch.Tensor:
+    """museval's silence test per frame, ``(T,)``: some reference or estimate whose channel sum
+    is zero at every sample of the frame. Raises where one is silent over the whole track
+    (museval refuses those too: the projection would be ill-posed).
+
+    One sample with a nonzero channel sum proves a frame active, so every
+    ``_SILENCE_STRIDE``-th sample is looked at first, and all of them only in frames (and
+    tracks) where that found none: reading everything is a tenth of the whole evaluation."""
+
+    def active(x: torch.Tensor) -> torch.Tensor:
+        """``(..., C, W)`` -> ``(...,)``: some sample with a nonzero channel sum."""
+        total = x[..., 0, :].clone()
+        for c in range(1, x.shape[-2]):  # torch's sum over a short axis is several times slower
+            total += x[..., c, :]
+        return (total != 0).any(dim=-1)
+
+    silent = torch.zeros(len(starts), dtype=torch.bool, device=refs.device)
+    for x in (refs, ests):
+        x = x.transpose(1, 2)  # (S, C, N)
+        if not bool(active(x[..., ::_SILENCE_STRIDE]).all()):
+            for s in (~active(x[..., ::_SILENCE_STRIDE])).nonzero().flatten().tolist():
+                if not bool(active(x[s])):
+                    raise ValueError(
+                        "every reference and estimate must be non-silent over the track"
+                    )
+        frames = _frames(x, starts, width)  # (S, C, T, W)
+        found = active(frames[..., ::_SILENCE_STRIDE].transpose(1, 2))  # (S, T)
+        for s, t in (~found).nonzero().tolist():
+            found[s, t] = active(frames[s, :, t])
+        silent |= ~found.all(dim=0)
+    return silent
+
+
+def _track_correlations(
+    signals: list[torch.Tensor], starts: list[int], win_len: int, n_fft: int, lag: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Whole-track correlations ``r (2 lag + 1, P, 2 P)`` at lags ``-lag..lag`` of the
+    reference channels with [reference channels, estimate channels] (``signals``: references,
+    estimates, ``(S, C, N)``), from the spectra of tiles plus a correction across tile
+    boundaries. Frames that tile the track (the default, hop == window) are the tiles, and
+    their spectra ``(F, T, 2 P)`` come back for the metrics (None otherwise, or when they
+    would not fit in memory)."""
+    p = signals[0].shape[0] * signals[0].shape[1]
+    n_samples = signals[0].shape[-1]
+    tiled = win_len > lag and (len(starts) == 1 or starts[1] - starts[0] == win_len)
+    if tiled:
+        tile_len, tile_fft = win_len, n_fft
+    else:
+        tile_len = max(_CORR_TILE, 2 * lag + 2)
+        tile_fft = _next_fast_len(tile_len + lag)
+    tiles = list(range(0, n_samples, tile_len))
+    per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * (tile_fft // 2 + 1)))
+    acc, kept = 0, None
+    for t0 in range(0, len(tiles), per_group):
+        with record_function("bss_eval.spectra_correlations"):
+            spec, part = _spectra(signals, tiles[t0 : t0 + per_group], tile_len, tile_fft, p)
+        acc = acc + part
+        if tiled and per_group >= len(tiles):
+            kept = spec  # the frames' spectra (and a trailing partial tile)
+    with record_function("bss_eval.correlations"):
+        # acc is conj(X)^T Y: the conjugate of the wanted X^T conj(Y)
+        r = torch.fft.irfft(acc.conj(), n=tile_fft, dim=0)
+        r = torch.cat([r[tile_fft - lag :], r[: lag + 1]])
+        r += _boundary_correlations(signals, p, tiles[1:], lag)
+    return r, kept
+
+
+def _filter_spectra(
+    c_all: torch.Tensor, c_own: torch.Tensor, n_fft: int, n_src: int
+) -> torch.Tensor:
+    """The filters as ``(F, P_ref, 2 Q_est)`` matrices (``(F, P, Q)`` for one source, where
+    the two coincide): on all references (museval's s_true + e_spat + e_interf) and, block
+    diagonal, on the own reference (s_true + e_spat); one batched matmul gives both."""
+    filt = torch.fft.rfft(c_all, n=n_fft, dim=0)  # (F, P, Q)
+    if n_src == 1:
+        return filt
+    n_freq, p, n_chan = filt.shape[0], filt.shape[1], c_own.shape[-1]
+    own = torch.fft.rfft(c_own, n=n_fft, dim=0).reshape(n_freq, n_src, n_chan, n_chan)
+    own = torch.diag_embed(own.permute(0, 2, 3, 1))  # (F, C_in, C_out, S, S)
+    return torch.cat([filt, own.permute(0, 3, 1, 4, 2).reshape(n_freq, p, p)], dim=-1)
+
+
+def _frame_energies(
+    signals: list[torch.Tensor],
+    spec: torch.Tensor | None,
+    filt: torch.Tensor,
+    starts: list[int],
+    win_len: int,
+    n_fft: int,
+) -> torch.Tensor:
+    """Energies per frame and source, ``(7, T, S)``, of the parts of museval's decomposition
+    (_bss_decomp_mtifilt): estimate - s_true (= e_spat + e_interf + e_artif), e_spat,
+    e_interf, e_artif, s_true, s_true + e_spat + e_interf, s_true + e_spat; by Parseval from
+    the frames' spectra (``spec``, or computed here group by group), in frequency chunks
+    that stay in cache."""
+    n_src, n_chan = signals[0].shape[:2]
+    p = n_src * n_chan
+    n_freq = n_fft // 2 + 1
+
+    def energies(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Sums over the bins of ``z (F, T, 2 P)`` for each part, ``(T, 7, P)``."""
+        ref, est = z[..., :p], z[..., p:]
+        proj = ref @ h
+        proj_all = proj[..., :p]
+        # one source: the projections coincide, so SIR's zero interference is exact
+        proj_own = proj[..., p:] if n_src > 1 else proj_all
+        parts = z.new_empty(*z.shape[:2], 4, p)
+        torch.sub(est, ref, out=parts[:, :, 0])
+        torch.sub(proj_own, ref, out=parts[:, :, 1])
+        torch.sub(proj_all, proj_own, out=parts[:, :, 2])
+        torch.sub(est, proj_all, out=parts[:, :, 3])
+        signals = _sum_squares(z)[:, None, :p]  # the references' (with no copy of them)
+        projected = _sum_squares(proj).reshape(z.shape[1], -1, p)
+        if n_src == 1:
+            projected = projected.expand(-1, 2, -1)
+        return torch.cat([_sum_squares(parts), signals, projected], dim=1)
+
+    # Parseval on the half spectrum of a real signal: interior bins count twice, the first
+    # and (for even sizes) the last once; the common factor 1 / n_fft cancels in the ratios.
+    total = filt.real.new_zeros(len(starts), 7, p)
+    edges = [0, n_freq - 1] if n_fft % 2 == 0 else [0]
+    per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * n_freq))
+    for t0 in range(0, len(starts), per_group):
+        t1 = min(len(starts), t0 + per_group)
+        if spec is not None:
+            group = spec[:, t0:t1]
+        else:
+            with record_function("bss_eval.spectra"):
+                group = _spectra(signals, starts[t0:t1], win_len, n_fft)[0]
+        f_step = max(1, _CHUNK_ELEMS // (2 * p * (t1 - t0)))
+        for f0 in range(0, n_freq, f_step):
+            total[t0:t1] += 2 * energies(group[f0 : f0 + f_step], filt[f0 : f0 + f_step])
+        total[t0:t1] -= energies(group[edges], filt[edges])
+    return total.reshape(len(starts), 7, n_src, n_chan).sum(dim=-1).permute(1, 0, 2)
