@@ -11,6 +11,7 @@ from audiolab.audio.features import LogSpectrogram, db_to_amplitude, griffin_lim
 from audiolab.metrics.spectral import LogSpectralDistance, log_spectral_distance
 from audiolab.models.vae import VAEModule
 from audiolab.nets.conv_vae import ConvVAE
+from audiolab.nets.gmm import ClassGaussianMixture
 
 
 def adam(params):
@@ -166,3 +167,47 @@ def test_griffin_lim_recovers_a_tone():
     assert convergence < 0.2, convergence  # 0.14 after 32 iterations, as Griffin-Lim goes
     peak_hz = torch.fft.rfft(wave[0]).abs().argmax().item() * sr / wave.shape[-1]
     assert abs(peak_hz - 440) < sr / n_fft / 2, peak_hz  # within half an STFT bin
+
+
+def test_class_mixture_recovers_separated_modes_and_samples_them():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-6.0, 0.0], [6.0, 0.0], [0.0, 8.0]])
+    # class 0: two modes with unequal weights; class 1: one mode; class 2: no data
+    x0 = torch.cat([centres[0] + 0.5 * torch.randn(300, 2, generator=g), centres[1] + torch.randn(100, 2, generator=g)])
+    x1 = centres[2] + 2.0 * torch.randn(200, 2, generator=g)
+    x = torch.cat([x0, x1])
+    labels = torch.cat([torch.zeros(400, dtype=torch.long), torch.ones(200, dtype=torch.long)])
+    gmm = ClassGaussianMixture(n_classes=3, n_components=2, dim=2)
+    with pytest.raises(RuntimeError, match="not been fitted"):
+        gmm.sample(torch.tensor([0]))
+    gmm.fit(x, labels)
+    order = gmm.means[0, :, 0].argsort()
+    assert torch.allclose(gmm.means[0, order], centres[:2], atol=0.25)
+    assert torch.allclose(gmm.weights[0, order], torch.tensor([0.75, 0.25]), atol=0.03)
+    assert torch.allclose(gmm.variances[0, order[0]], torch.full((2,), 0.25), rtol=0.25)
+    draws = gmm.sample(torch.zeros(4000, dtype=torch.long), generator=torch.Generator().manual_seed(1))
+    assert (draws[:, 0] > 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    one = gmm.sample(torch.ones(2000, dtype=torch.long), generator=torch.Generator().manual_seed(2))
+    # EM keeps the data's mean exactly: sum_k w_k mean_k = mean of the class's points
+    mixture_mean = (gmm.weights[1, :, None] * gmm.means[1]).sum(0)
+    assert torch.allclose(mixture_mean, x1.mean(0), atol=1e-4)
+    assert torch.allclose(one.mean(0), x1.mean(0), atol=0.15) and one.std(0).mean().item() == pytest.approx(2.0, rel=0.1)
+    # the class without data keeps the standard normal
+    assert torch.equal(gmm.means[2], torch.zeros(2, 2)) and torch.equal(gmm.variances[2], torch.ones(2, 2))
+
+
+def test_vae_module_samples_from_the_fitted_mixture():
+    net = ConvVAE(filters=(8, 8, 8, 8, 8), latent_dim=4, n_classes=10)
+    module = VAEModule(net, adam, latent_prior="gmm", prior_components=2).eval()
+    b = batch(20)
+    module.fit_latent_mixture([{k: b[k][i] for k in ("spec", "digit")} for i in range(20)])
+    assert bool(module.latent_mixture.fitted)
+    labels = torch.tensor([3, 3, 7])
+    got = module.sample(3, labels, generator=torch.Generator().manual_seed(5), temperature=0.0)
+    # temperature 0 decodes a component mean of the requested digit's mixture
+    means = module.latent_mixture.means
+    for i, d in enumerate(labels):
+        decoded = module.net.decode(means[d], d.expand(2))
+        assert any(torch.allclose(got[i], decoded[k], atol=1e-5) for k in range(2))
+    with pytest.raises(ValueError, match="unknown latent_prior 'vamp'"):
+        VAEModule(net, adam, latent_prior="vamp")

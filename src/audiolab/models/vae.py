@@ -12,8 +12,10 @@ from torch import nn
 from audiolab.audio.features import min_max_denormalise
 from audiolab.metrics.spectral import LogSpectralDistance
 from audiolab.models.base import TaskModule
+from audiolab.nets.gmm import ClassGaussianMixture
 
 RECON_LOSSES = ("mse", "sse", "gaussian")
+LATENT_PRIORS = ("model", "gmm")
 
 
 class VAEModule(TaskModule):
@@ -45,6 +47,11 @@ class VAEModule(TaskModule):
         label_key: batch key of the class label for a conditional net (``n_classes`` > 0).
         classifier_ckpt: checkpoint of a ClassifierModule for the generation metrics.
         samples_per_class: prior samples per class for the generation metrics.
+        latent_prior: ``model`` samples the network's own prior (N(0, I) or its learned
+            class prior); ``gmm`` samples a mixture of ``prior_components`` diagonal
+            Gaussians per class fitted to the training set's posterior means after every
+            validation epoch (an ex-post density estimate: it follows the modes the
+            decoder was trained on, e.g. the speakers of a digit).
     """
 
     monitor = "val/lsd"
@@ -63,10 +70,14 @@ class VAEModule(TaskModule):
         label_key: str = "digit",
         classifier_ckpt: str | None = None,
         samples_per_class: int = 50,
+        latent_prior: str = "model",
+        prior_components: int = 10,
     ) -> None:
         super().__init__(optimizer, scheduler)
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"unknown recon_loss {recon_loss!r}; choose one of {RECON_LOSSES}")
+        if latent_prior not in LATENT_PRIORS:
+            raise ValueError(f"unknown latent_prior {latent_prior!r}; choose one of {LATENT_PRIORS}")
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.val_lsd = LogSpectralDistance()
@@ -74,6 +85,11 @@ class VAEModule(TaskModule):
         # running mean of the clips' dB min and max: turns prior samples (which have no
         # min/max of their own) back into sound without the training data
         self.register_buffer("db_range", torch.tensor([-80.0, 0.0]))
+        # ex-post prior: a mixture per class fitted to the training set's encodings after
+        # every validation epoch, so that each checkpoint carries the one of its weights
+        self.latent_mixture = None
+        if latent_prior == "gmm":
+            self.latent_mixture = ClassGaussianMixture(max(getattr(net, "n_classes", 0), 1), prior_components, net.latent_dim)
 
     @property
     def conditional(self) -> bool:
@@ -98,7 +114,28 @@ class VAEModule(TaskModule):
         ``temperature`` scales the prior's standard deviation (1: the model's prior)."""
         if self.conditional and labels is None:
             raise ValueError(f"this VAE is conditioned on {self.hparams.label_key!r}: pass labels")
+        if self.latent_mixture is not None and bool(self.latent_mixture.fitted):
+            classes = labels if labels is not None else torch.zeros(n, dtype=torch.long, device=self.device)
+            z = self.latent_mixture.sample(classes, generator=generator, temperature=temperature)
+            return self.net.decode(z, labels)
         return self.net.sample(n, labels, generator=generator, temperature=temperature)
+
+    @torch.no_grad()
+    def fit_latent_mixture(self, dataset) -> None:
+        """Fit the ex-post prior to the posterior means of ``dataset`` (in order, so every
+        DDP rank fits the same mixture)."""
+        from torch.utils.data import DataLoader
+
+        was_training = self.training
+        self.eval()
+        means, classes = [], []
+        for batch in DataLoader(dataset, batch_size=256, shuffle=False):
+            spec = batch["spec"].to(self.device)
+            labels = batch[self.hparams.label_key].to(self.device) if self.conditional else None
+            means.append(self.net.encode(spec, labels)[0])
+            classes.append(labels if labels is not None else torch.zeros(len(spec), dtype=torch.long, device=self.device))
+        self.train(was_training)
+        self.latent_mixture.fit(torch.cat(means), torch.cat(classes))
 
     @torch.no_grad()
     def interpolate(
@@ -183,6 +220,10 @@ class VAEModule(TaskModule):
         if self.hparams.classifier_ckpt:
             self._test_real.append({k: batch[k].detach() for k in ("spec", self.hparams.label_key)})
 
+    def on_validation_epoch_end(self) -> None:
+        if self.latent_mixture is not None and not self.trainer.sanity_checking:
+            self.fit_latent_mixture(self.trainer.datamodule.train_dataloader().dataset)
+
     def on_test_epoch_start(self) -> None:
         self._test_real: list[dict[str, torch.Tensor]] = []
 
@@ -215,7 +256,7 @@ class VAEModule(TaskModule):
         labels = torch.arange(n_classes, device=self.device).repeat_interleave(self.hparams.samples_per_class)
         generator = torch.Generator(device=self.device).manual_seed(0)
         samples = torch.cat([
-            self.net.sample(len(chunk), chunk if self.conditional else None, generator=generator)
+            self.sample(len(chunk), chunk if self.conditional else None, generator=generator)
             for chunk in labels.split(128)
         ])
         gen_probs, gen_feats = score(samples)
