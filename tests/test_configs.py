@@ -25,6 +25,8 @@ GROUPS = [
 # appear in at least one pair (checked below), so a new config cannot skip this test.
 PAIRS = [
     ("synth_pitch", "crepe"),
+    ("pitch_fsdd", "crepe"),
+    ("pitch_mix", "crepe"),
     ("fsdd", "vae_baseline"),
     ("fsdd", "vae"),
     ("fsdd", "digit_classifier"),
@@ -38,8 +40,10 @@ PAIRS = [
 # Model options no dataset here can train (tested for a forward pass instead): the data
 # config they compose with, and why they cannot train on it.
 UNPAIRED_MODELS = {"spleeter_5stems": ("musdb_synth", "MUSDB18 has no piano stem")}
+# Data options that only evaluate (eval.py data=...; tested in test_pitch_eval.py), and why.
+EVAL_ONLY_DATA = {"mdb_stem_synth": "real-f0 evaluation set, no training split"}
 # Overrides that make one fast_dev_run step of each data option cheap; a tuple names a
-# folder of ../shared/data that becomes data.root.
+# folder of ../shared/data that becomes data.root, a dict {key: tuple} one that becomes key.
 SMALL_DATA = {
     "synth_pitch": [
         "data.batch_size=8",
@@ -70,6 +74,26 @@ SMALL_DATA = {
         ("musdb18-sample",),
     ],
 }
+# pitch from real audio: 50 FSDD files (one speaker, one digit) labelled by CREPE tiny, and
+# the vocals of a small synthetic MUSDB (the one musdb_synth above writes)
+PITCH_FSDD = [
+    "data.teacher.model=tiny",
+    "data.sources.fsdd.data.speakers=[theo]",
+    "data.sources.fsdd.data.digits=[0]",
+    "data.batch_size=8",
+    "data.eval_batch_size=2",
+    "data.progress=false",
+    {"data.sources.fsdd.data.root": ("fsdd",)},
+]
+SMALL_DATA["pitch_fsdd"] = PITCH_FSDD
+SMALL_DATA["pitch_mix"] = [
+    *PITCH_FSDD,
+    "data.sources.synth.data.val_clips=2",
+    "data.sources.synth.data.test_clips=2",
+    "data.sources.musdb_vocals.data.root=${paths.data_dir}/musdb_synth",
+    "data.sources.musdb_vocals.data.is_wav=true",
+    "data.sources.musdb_vocals.data.synthetic={n_train: 2, n_valid: 1, n_test: 1, duration: 4}",
+]
 
 
 def options(group: str) -> list[str]:
@@ -97,7 +121,7 @@ def test_eval_config_composes(data, tmp_path):
 
 
 def test_every_option_is_in_a_pair():
-    assert {d for d, _ in PAIRS} == set(options("data"))
+    assert {d for d, _ in PAIRS} | set(EVAL_ONLY_DATA) == set(options("data"))
     assert {m for _, m in PAIRS} | set(UNPAIRED_MODELS) == set(options("model"))
 
 
@@ -116,7 +140,10 @@ def test_unpaired_model_runs_forward(model, tmp_path):
 def data_overrides(data: str, cache_dir) -> list[str]:
     out = [f"paths.data_dir={cache_dir}"]
     for item in SMALL_DATA[data]:
-        out.append(f"data.root={require_shared(*item)}" if isinstance(item, tuple) else item)
+        if isinstance(item, dict):
+            out += [f"{key}={require_shared(*parts)}" for key, parts in item.items()]
+        else:
+            out.append(f"data.root={require_shared(*item)}" if isinstance(item, tuple) else item)
     return out
 
 

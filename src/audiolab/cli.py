@@ -1,6 +1,7 @@
 """Command-line entry points (``src/train.py``, ``src/eval.py``, ``src/generate.py``,
-``src/separate.py`` and the console scripts ``audiolab-train``, ``audiolab-eval``,
-``audiolab-generate``, ``audiolab-separate``). Hydra composes ``conf/`` at the repository root."""
+``src/separate.py``, ``src/predict.py`` and the console scripts ``audiolab-train``,
+``audiolab-eval``, ``audiolab-generate``, ``audiolab-separate``, ``audiolab-predict``).
+Hydra composes ``conf/`` at the repository root."""
 
 from __future__ import annotations
 
@@ -95,6 +96,14 @@ def _separate(cfg: DictConfig) -> None:
     separate_files(cfg)
 
 
+def _predict(cfg: DictConfig) -> None:
+    from audiolab.predict import predict_files
+    from audiolab.utils.hydra import apply_extras
+
+    apply_extras(cfg)
+    predict_files(cfg)
+
+
 def train_main() -> None:
     _run("train", _train)
 
@@ -117,3 +126,7 @@ def generate_main() -> None:
 
 def separate_main() -> None:
     _run("separate", _separate)
+
+
+def predict_main() -> None:
+    _run("predict", _predict)

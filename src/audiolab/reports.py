@@ -100,46 +100,62 @@ def vae_report(model, datamodule, metrics: dict[str, float], out: Path, trainer=
 
 # -- pitch ---------------------------------------------------------------------------
 def pitch_report(model, datamodule, metrics: dict[str, float], out: Path, trainer=None) -> Report:
+    """Every ``test/`` metric under the dataset's name (``datamodule.name``, else its class),
+    and reference vs estimated contours of a few test clips: on the reference's own time
+    base when the data carry one (``ref_times``), else on the frames."""
+    from audiolab.models.pitch import EVAL_CHUNK_FRAMES
     from audiolab.pitch.cents import cents_to_hz
-    from audiolab.pitch.decode import decode
 
     report = Report()
-    dataset = type(datamodule).__name__
+    dataset = getattr(datamodule, "name", None) or type(datamodule).__name__
     rows = []
     for key in sorted(metrics):
         if key.startswith("test/") and key != "test/loss":
             report.headline.append((key, metrics[key], None))
             rows.append([dataset, key.removeprefix("test/"), metrics[key]])
     report.sections.append("## Accuracy per dataset\n\n" + markdown_table(["dataset", "metric", "value"], rows))
+    attribution = getattr(datamodule, "attribution", None)
+    if attribution:  # licences such as MDB-stem-synth's ask for it on every derived artifact
+        report.sections.append(f"Data: {attribution}\n")
 
-    batch = _test_items(datamodule, 4)
-    if batch is not None and "frames" in batch:
-        plt = _pyplot()
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+    test_set = datamodule.test_dataloader().dataset
+    if len(test_set) == 0 or "frames" not in test_set[0]:
+        return report
+    picks = torch.linspace(0, len(test_set) - 1, min(4, len(test_set))).round().long().unique().tolist()
+    items = [test_set[i] for i in picks]
+    plt = _pyplot()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    hop = getattr(datamodule, "hparams", {}).get("hop_length")
+    rate = getattr(datamodule, "sample_rate", None)
+    fig, axes = plt.subplots(len(items), 1, figsize=(8, 2.2 * len(items)), squeeze=False)
+    for ax, item in zip(axes[:, 0], items, strict=True):
         with torch.no_grad():
-            activations = model(batch["frames"].to(model.device)).float()
-        est = cents_to_hz(decode(activations, model.hparams.decoder)).cpu()
-        hop = getattr(datamodule, "hparams", {}).get("hop_length")
-        rate = getattr(datamodule, "sample_rate", None)
-        fig, axes = plt.subplots(len(est), 1, figsize=(8, 2.2 * len(est)), squeeze=False)
-        for ax, f0, voiced, guess in zip(axes[:, 0], batch["f0"], batch["voiced"], est, strict=True):
-            t = torch.arange(len(f0)).float()
-            if hop and rate:
-                t = t * hop / rate
-            ref = torch.where(voiced.bool(), f0, torch.nan)
-            ax.plot(t, ref, color="black", lw=2.5, label="reference")
-            ax.plot(t, torch.where(voiced.bool(), guess, torch.nan), color="tab:orange", lw=1.2, label="estimate")
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_ylabel("f0 (Hz)")
-        axes[-1, 0].set_xlabel("time (s)" if hop and rate else "frame")
-        axes[0, 0].legend(loc="upper right")
-        name = _save_figure(fig, out / "contours.png")
-        report.sections.append(
-            f"## Example contours\n\nReference f0 and the `{model.hparams.decoder}` estimate on voiced frames "
-            f"of {len(est)} test clips.\n\n![contours](report/{name})\n"
-        )
+            logits = model.logits(item["frames"].to(model.device), EVAL_CHUNK_FRAMES)
+        cents, _, voiced = model.estimate(torch.sigmoid(logits.float()))
+        guess = torch.where(voiced, cents_to_hz(cents), torch.nan).cpu()
+        if "ref_times" in item:
+            t_ref, ref = item["ref_times"], torch.where(item["ref_f0"] > 0, item["ref_f0"], torch.nan)
+            t_est = item["times"]
+        else:
+            t_ref = t_est = torch.arange(len(item["f0"])).double() * (hop / rate if hop and rate else 1.0)
+            ref = torch.where(item["voiced"].bool(), item["f0"], torch.nan)
+        ax.plot(t_ref, ref, color="black", lw=2.5, label="reference")
+        ax.plot(t_est, guess, color="tab:orange", lw=1.2, label="estimate")
+        ax.set_yscale("log")
+        # 1-2-3-5 ticks: a contour often spans less than a decade, which has no power of ten
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("f0 (Hz)")
+    axes[-1, 0].set_xlabel("time (s)" if "ref_times" in items[0] or (hop and rate) else "frame")
+    axes[0, 0].legend(loc="upper right")
+    name = _save_figure(fig, out / "contours.png")
+    report.sections.append(
+        f"## Example contours\n\nReference f0 and the `{model.hparams.decoder}` estimate where the model calls "
+        f"the frame voiced (periodicity >= {model.hparams.voicing_threshold}), {len(items)} "
+        f"clips of `{dataset}`.\n\n![contours](report/{name})\n"
+    )
     return report
 
 

@@ -8,11 +8,13 @@ Features are computed once for every file, in batches of torch, and cached on di
 ``.npy`` files (memory-mapped when read) in a folder named by a hash of everything
 they depend on: the feature config and the list of files with their sizes. A changed
 config or a changed folder never reads a stale cache.
+
+Tasks that read the recordings themselves (teacher-labelled pitch data) get the files of
+a split, with the same split and filters, from :meth:`FsddDataModule.audio_clips`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -24,6 +26,7 @@ import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +37,8 @@ import torchaudio
 from torch.utils.data import DataLoader, Dataset
 
 from audiolab.audio.features import LogSpectrogram, min_max_normalise, pad_or_trim
+from audiolab.data.clips import AudioClip, file_identity
+from audiolab.utils.cache import atomic_folder, config_hash
 from audiolab.utils.errors import AudiolabError
 
 log = logging.getLogger("audiolab")
@@ -92,9 +97,9 @@ def _bad(path: Path, problem: str, on_bad_file: str) -> None:
     raise FsddError(f"{message}. Remove or fix it, or set data.on_bad_file=skip to leave it out.")
 
 
-def read_clip(path: Path, duration: float, on_bad_file: str) -> tuple[torch.Tensor, int] | None:
-    """Read ``path`` as mono, padded or cut to ``duration`` seconds at its own rate.
-    Returns ``(audio, rate)``, or None for a bad file that is skipped."""
+def read_clip(path: Path, duration: float | None, on_bad_file: str) -> tuple[torch.Tensor, int] | None:
+    """Read ``path`` as mono, padded or cut to ``duration`` seconds at its own rate (None:
+    as long as it is). Returns ``(audio, rate)``, or None for a bad file that is skipped."""
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types
@@ -107,6 +112,8 @@ def read_clip(path: Path, duration: float, on_bad_file: str) -> tuple[torch.Tens
         _bad(path, "it holds NaN or infinite samples", on_bad_file)
         return None
     mono = torch.from_numpy(audio.mean(axis=1))
+    if duration is None:
+        return mono, rate
     return pad_or_trim(mono, math.ceil(duration * rate)), rate
 
 
@@ -228,7 +235,7 @@ class FsddDataModule(L.LightningDataModule):
             "on_bad_file": hp.on_bad_file,
             "files": [(f.path.name, f.path.stat().st_size) for f in files],
         }
-        return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        return config_hash(config)
 
     def _scan(self) -> tuple[Path, list[FsddFile]]:
         """The recordings folder and its files, scanned once per DataModule."""
@@ -262,17 +269,11 @@ class FsddDataModule(L.LightningDataModule):
         arrays_np["digit"] = np.array([f.digit for f in kept], dtype=np.int64)
         arrays_np["speaker"] = np.array([speakers.index(f.speaker) for f in kept], dtype=np.int64)
         arrays_np["take"] = np.array([f.index for f in kept], dtype=np.int64)
-        # write into a temporary folder, then rename: a killed run never leaves half a cache
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        for key, value in arrays_np.items():
-            np.save(tmp / f"{key}.npy", value)
-        meta = {"speakers": speakers, "files": [f.path.name for f in kept], "source": str(folder)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(target) as tmp:
+            for key, value in arrays_np.items():
+                np.save(tmp / f"{key}.npy", value)
+            meta = {"speakers": speakers, "files": [f.path.name for f in kept], "source": str(folder)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
     # -- splits -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -285,26 +286,46 @@ class FsddDataModule(L.LightningDataModule):
         self.speaker_names = meta["speakers"]
         self.file_names = meta["files"]
         self.arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(path.glob("*.npy"))}
-        take, digit, speaker = self.arrays["take"], self.arrays["digit"], self.arrays["speaker"]
+        speakers = np.asarray(self.speaker_names)[self.arrays["speaker"]]
+        masks = self.split_masks(self.arrays["digit"], speakers, self.arrays["take"])
+        self.split_rows = {name: np.flatnonzero(mask) for name, mask in masks.items()}
+
+    def split_masks(self, digit: np.ndarray, speaker: np.ndarray, take: np.ndarray) -> dict[str, np.ndarray]:
+        """Which of the files with these labels (``speaker`` as names) are in the train,
+        val and test splits, after the speaker and digit filters."""
         keep = np.ones(len(take), dtype=bool)
         if self.hparams.speakers is not None:
-            unknown = set(self.hparams.speakers) - set(self.speaker_names)
+            known = sorted(set(speaker.tolist()))
+            unknown = set(self.hparams.speakers) - set(known)
             if unknown:
-                raise FsddError(f"data.speakers names unknown speakers {sorted(unknown)}; FSDD has {self.speaker_names}")
-            keep &= np.isin(speaker, [self.speaker_names.index(s) for s in self.hparams.speakers])
+                raise FsddError(f"data.speakers names unknown speakers {sorted(unknown)}; FSDD has {known}")
+            keep &= np.isin(speaker, list(self.hparams.speakers))
         if self.hparams.digits is not None:
             keep &= np.isin(digit, list(self.hparams.digits))
         lo, hi = self.hparams.val_takes
         is_test = take <= 4
         is_val = ~is_test & (take >= lo) & (take <= hi)
-        self.split_rows = {
-            "train": np.flatnonzero(keep & ~is_test & ~is_val),
-            "val": np.flatnonzero(keep & is_val),
-            "test": np.flatnonzero(keep & is_test),
-        }
-        for name, rows in self.split_rows.items():
-            if len(rows) == 0:
+        masks = {"train": keep & ~is_test & ~is_val, "val": keep & is_val, "test": keep & is_test}
+        for name, mask in masks.items():
+            if not mask.any():
                 raise FsddError(f"the FSDD {name} split is empty after filtering (speakers={self.hparams.speakers}, digits={self.hparams.digits})")
+        return masks
+
+    def audio_clips(self, split: str) -> list[AudioClip]:
+        """The recordings of ``split`` (train, val or test; same split and filters as the
+        features) as whole mono clips at their own rate (8 kHz), read on demand; no feature is
+        computed."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"FSDD splits are train, val and test, got {split!r}")
+        _, files = self._scan()
+        masks = self.split_masks(
+            np.array([f.digit for f in files]), np.array([f.speaker for f in files]), np.array([f.index for f in files])
+        )
+        return [
+            AudioClip(f.path.name, file_identity(f.path.name, f.path), partial(read_clip, f.path, None, self.hparams.on_bad_file))
+            for f, chosen in zip(files, masks[split], strict=True)
+            if chosen
+        ]
 
     def dataset(self, split: str) -> FsddDataset:
         self.setup()

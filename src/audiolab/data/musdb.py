@@ -23,6 +23,9 @@ like training: the validation loss then measures the same task as the training l
 tracks (``full_tracks``, the test loader) use the track's real mixture, as museval
 evaluation does; in ``.stem.mp4`` files each stream is AAC-coded on its own, so that
 mixture differs slightly from the sum of the decoded sources.
+
+Tasks that read one stem of whole tracks themselves (the vocals as teacher-labelled pitch
+data) get them from :meth:`MusdbDataModule.audio_clips`.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ import torchaudio
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from audiolab.data.clips import AudioClip, file_identity
 from audiolab.data.sampling import EpochSampler
 from audiolab.utils.errors import AudiolabError
-from audiolab.utils.threads import limit_threads
+from audiolab.utils.threads import one_thread_worker
 
 log = logging.getLogger("audiolab")
 
@@ -497,9 +501,9 @@ class MusdbFullTrackDataset(Dataset):
         return read_full_track(self.tracks[index], self.targets, self.definitions, self.sample_rate)
 
 
-def _worker_init(worker_id: int) -> None:
-    """One thread per loader worker: workers x threads never oversubscribe the cores."""
-    limit_threads(1)
+def _read_mono_stem(ref: TrackRef, source: str) -> tuple[torch.Tensor, int]:
+    """The whole ``source`` stem of a track, channels averaged, at the file's rate."""
+    return torch.from_numpy(read_raw(ref, source, 0, ref.n_samples).mean(axis=0)), ref.rate
 
 
 # -- the DataModule ---------------------------------------------------------------
@@ -772,13 +776,26 @@ class MusdbDataModule(L.LightningDataModule):
         names = self.targets if targets is None else check_targets(targets, {"targets": self.definitions})
         return MusdbFullTrackDataset(refs, names, self.definitions, self.sample_rate)
 
+    def audio_clips(self, split: str, source: str = "vocals") -> list[AudioClip]:
+        """One stem (``source``: drums, bass, other or vocals) of every track of ``split``
+        (train, valid or test) as a whole mono clip (channels averaged) at the file's rate,
+        read on demand."""
+        if source not in SOURCES:
+            raise MusdbError(f"audio_clips reads one stem: source must be one of {list(SOURCES)}, got {source!r}")
+        clips = []
+        for ref in self.tracks(split):
+            path = Path(ref.files[source] if ref.files is not None else ref.track.path)
+            name = f"{ref.subset}/{ref.name}/{source}"
+            clips.append(AudioClip(name, file_identity(name, path), functools.partial(_read_mono_stem, ref, source)))
+        return clips
+
     # -- loaders --------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
             pin_memory=self.hparams.pin_memory, persistent_workers=workers > 0,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=one_thread_worker if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

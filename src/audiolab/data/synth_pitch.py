@@ -7,7 +7,8 @@ fixed, and the training stream never repeats (a new block of indices every epoch
 
 One example is a clip whose frames (``frame_length`` samples, ``hop_length`` apart)
 are labelled with the instantaneous f0 at their centre and a voicing flag:
-``{"frames": (T, frame_length), "f0": (T,), "voiced": (T,)}``. Training clips are a
+``{"frames": (T, frame_length), "f0": (T,), "voiced": (T,), "times": (T,)}`` (``times``: the
+frame centres in seconds, as every pitch evaluation batch carries them). Training clips are a
 single frame long, so every training example is an independent draw; evaluation clips
 are ``clip_seconds`` long contours.
 """
@@ -142,9 +143,21 @@ class SynthToneRenderer:
     def render(self, params: list[dict[str, np.ndarray]], n_samples: int, centers: torch.Tensor):
         """Audio ``(B, n_samples)``, f0 in Hz at ``centers`` ``(B, T)`` and voicing ``(B, T)``."""
         sr = self.sample_rate
-        p = _stack(params)
+        p = stack_params(params)
         t = torch.arange(n_samples, dtype=torch.float64) / sr
         f0 = 10.0 * torch.exp2(self.contour_cents(p, t) / 1200.0)  # (B, N)
+        audio = self.synthesize(p, f0, self.voicing(p, t).float())
+
+        tc = centers.double() / sr
+        f0_c = 10.0 * torch.exp2(self.contour_cents(p, tc) / 1200.0)
+        voiced = self.voicing(p, tc) >= 0.5
+        return audio, f0_c.float(), voiced
+
+    def synthesize(self, p: dict[str, torch.Tensor], f0: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
+        """Harmonic tones on an f0 given for every sample, ``(B, N)`` in Hz (float64), with
+        an amplitude ``envelope`` ``(B, N)`` in [0, 1]; partial amplitudes and phases,
+        noise and level come from :func:`stack_params` of :meth:`draw`. Audio ``(B, N)``."""
+        sr = self.sample_rate
         # The phase is accumulated in float64 (no drift over long clips); the partials,
         # the bulk of the work, are rendered in float32.
         phase = torch.remainder(torch.cumsum(2 * math.pi * f0 / sr, dim=-1), 2 * math.pi).float()
@@ -155,16 +168,11 @@ class SynthToneRenderer:
         partials = torch.sin(h * phase[:, None, :] + p["phases"].float()[:, :, None])
         tone = torch.einsum("bhn,bhn->bn", gain, partials)
         tone = tone / tone.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9)
-        tone = tone * self.voicing(p, t).float()
+        tone = tone * envelope
         rms = tone.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-4)
         noise_rms = rms * 10.0 ** (-p["snr_db"].float()[:, None] / 20.0)
         audio = tone + noise_rms * p["noise"]
-        audio = audio / audio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9) * p["level"].float()[:, None]
-
-        tc = centers.double() / sr
-        f0_c = 10.0 * torch.exp2(self.contour_cents(p, tc) / 1200.0)
-        voiced = self.voicing(p, tc) >= 0.5
-        return audio, f0_c.float(), voiced
+        return audio / audio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9) * p["level"].float()[:, None]
 
 
 def check_f0_range(fmin: float, fmax: float, sample_rate: int) -> None:
@@ -178,7 +186,7 @@ def check_f0_range(fmin: float, fmax: float, sample_rate: int) -> None:
         )
 
 
-def _stack(params: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+def stack_params(params: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Stack per-example parameters; variable-length gap lists are padded with empty gaps."""
     out = {}
     for key in params[0]:
@@ -229,8 +237,9 @@ class SynthPitchDataset(Dataset):
         ]
         audio, f0, voiced = self.renderer.render(params, self.n_samples, self.centers)
         frames = audio.unfold(-1, self.frame_length, self.hop_length)
+        times = self.centers.double() / self.renderer.sample_rate
         return [
-            {"frames": fr, "f0": f, "voiced": v, "index": torch.tensor(int(i))}
+            {"frames": fr, "f0": f, "voiced": v, "times": times, "index": torch.tensor(int(i))}
             for fr, f, v, i in zip(frames, f0, voiced, indices, strict=True)
         ]
 

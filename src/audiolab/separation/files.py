@@ -195,9 +195,12 @@ def read_blocks(
         clipped = 0
         for data in raw:
             x = torch.from_numpy(np.ascontiguousarray(data))
-            if not torch.isfinite(x).all():
+            bad = ~torch.isfinite(x)
+            if bad.any():
+                first = seen + int(bad.any(dim=0).nonzero()[0])
                 raise AudioFileError(
-                    f"{path} contains NaN or infinite samples at about {seen / sample_rate:.1f} s"
+                    f"{path} contains NaN or infinite samples (the first at {first / sample_rate:.3f} s): "
+                    "repair or re-export the file (or replace them, e.g. numpy.nan_to_num) and run again"
                 )
             clipped += int((x.abs() >= 0.999).sum())
             if x.shape[0] == 1 and channels > 1:

@@ -15,3 +15,9 @@ def limit_threads(n: int = 1) -> None:
     except ImportError:
         return
     threadpool_limits(n)
+
+
+def one_thread_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of DataLoaders: one thread per loader worker, so that workers x
+    threads never oversubscribe the cores."""
+    limit_threads(1)
