@@ -221,8 +221,9 @@ class VAEModule(TaskModule):
             self._test_real.append({k: batch[k].detach() for k in ("spec", self.hparams.label_key)})
 
     def on_validation_epoch_end(self) -> None:
-        if self.latent_mixture is not None and not self.trainer.sanity_checking:
-            self.fit_latent_mixture(self.trainer.datamodule.train_dataloader().dataset)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.latent_mixture is not None and datamodule is not None and not self.trainer.sanity_checking:
+            self.fit_latent_mixture(datamodule.train_dataloader().dataset)
 
     def on_test_epoch_start(self) -> None:
         self._test_real: list[dict[str, torch.Tensor]] = []
