@@ -8,8 +8,6 @@ per class does not when a class has several modes (FSDD: six speakers per digit)
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -33,13 +31,6 @@ class ClassGaussianMixture(nn.Module):
         self.register_buffer("means", torch.zeros(n_classes, n_components, dim))
         self.register_buffer("variances", torch.ones(n_classes, n_components, dim))
         self.register_buffer("fitted", torch.tensor(False))
-
-    def log_prob_components(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``log w_k + log N(x | mean_k, var_k)`` of each row's class, ``(N, n_components)``."""
-        mean, var, w = self.means[labels], self.variances[labels], self.weights[labels]
-        diff = x[:, None, :] - mean
-        log_norm = -0.5 * (diff.pow(2) / var + var.log() + math.log(2 * math.pi)).sum(-1)
-        return w.clamp_min(1e-12).log() + log_norm
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, labels: torch.Tensor | None = None, iterations: int = 100, seed: int = 0) -> None:
