@@ -16,6 +16,16 @@ from audiolab.cli import compose_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
+# The default job (CREPE on synthetic tones) on a training budget small enough for CI: a
+# handful of batches per stage.
+SMALL = [
+    "data.batch_size=16",
+    "data.train_batches_per_epoch=4",
+    "data.val_clips=4",
+    "data.test_clips=4",
+    "data.eval_batch_size=2",
+    "extras.print_config=false",
+]
 RUN_DIR_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}-\d{6}$")
 
 

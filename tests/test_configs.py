@@ -19,6 +19,7 @@ GROUPS = [
     "debug",
     "experiment",
     "hparams_search",
+    "cluster",
 ]
 
 # (data, model) pairs that are meant to train together. Every data and model option must

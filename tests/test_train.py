@@ -8,20 +8,10 @@ import time
 
 import pytest
 import torch
-from helpers import RUN_DIR_NAME, compose_config, output_dir_of, read_wandb_records, run_cli
+from helpers import RUN_DIR_NAME, SMALL, compose_config, output_dir_of, read_wandb_records, run_cli
 from omegaconf import OmegaConf
 
 from audiolab.train import train
-
-# A training budget small enough for CI: a handful of batches per stage.
-SMALL = [
-    "data.batch_size=16",
-    "data.train_batches_per_epoch=4",
-    "data.val_clips=4",
-    "data.test_clips=4",
-    "data.eval_batch_size=2",
-    "extras.print_config=false",
-]
 
 
 def test_fast_dev_run(tmp_path):

@@ -27,6 +27,9 @@ def _prepare() -> None:
         )
     # conf/paths/default.yaml roots every path here (data/, outputs/).
     os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT))
+    from audiolab.utils.resume import register_resolvers
+
+    register_resolvers()  # the run dir of resume=... (conf/hydra/default.yaml)
 
 
 def compose_run(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:

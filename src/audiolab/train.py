@@ -10,13 +10,18 @@ import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from audiolab.utils.checkpoint import StoreConfigInCheckpoint
+from audiolab.utils.checkpoint import (
+    AtomicCheckpointIO,
+    RNGStateInCheckpoint,
+    StoreConfigInCheckpoint,
+)
 from audiolab.utils.hydra import (
     instantiate_callbacks,
     instantiate_loggers,
     log_hyperparameters,
     task_wrapper,
 )
+from audiolab.utils.resume import resumed_config, wants_resume
 
 log = logging.getLogger("audiolab")
 
@@ -32,9 +37,27 @@ def fill_task_defaults(cfg: DictConfig) -> None:
             cfg.optimized_mode = getattr(module_cls, "monitor_mode", "min")
 
 
+def trainer_plugins(trainer_cfg: DictConfig) -> list[Any]:
+    """The trainer's configured ``plugins`` plus :class:`AtomicCheckpointIO` (checkpoints
+    renamed into place, never truncated), unless a checkpoint IO plugin is configured."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    configured = trainer_cfg.get("plugins") or []
+    plugins = [hydra.utils.instantiate(p) if isinstance(p, DictConfig) else p for p in configured]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit, then test with the best checkpoint. Returns ``(metrics, objects)``."""
+    """Fit, then test with the best checkpoint. Returns ``(metrics, objects)``.
+
+    ``resume=...`` / ``ckpt_path=last``: continue the run in its own folder from its
+    ``last.ckpt``, with the config stored there (plus this command's dotted overrides)."""
+    if wants_resume(cfg.get("resume"), cfg.get("ckpt_path")):
+        cfg = resumed_config(cfg)
+        log.info(f"resuming {cfg.paths.output_dir} from {cfg.ckpt_path}")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     fill_task_defaults(cfg)
@@ -44,10 +67,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     log.info(f"model: {cfg.model._target_}")
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
-    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [
+        StoreConfigInCheckpoint(resolved),
+        RNGStateInCheckpoint(),
+    ]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg.trainer)
     )
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
     log_hyperparameters(resolved, model, trainer)

@@ -250,6 +250,12 @@ class VAEModule(TaskModule):
 
         real_spec = torch.cat([b["spec"] for b in self._test_real])
         real_labels = torch.cat([b[key] for b in self._test_real])
+        if self.trainer.world_size > 1:
+            # Each DDP rank saw its share of the test split (the same number of clips on
+            # every rank: Lightning's sampler pads the split). IS and FD are not means over
+            # clips, so every rank scores all the clips and logs the same values.
+            real_spec = self.all_gather(real_spec).flatten(0, 1)
+            real_labels = self.all_gather(real_labels).flatten(0, 1)
         real_probs, real_feats = score(real_spec)
         val_spec = torch.cat([b["spec"].to(self.device) for b in self.trainer.datamodule.val_dataloader()])
         _, val_feats = score(val_spec)

@@ -8,3 +8,8 @@ class AudiolabError(Exception):
 
 class CheckpointError(AudiolabError):
     """A checkpoint is missing or is not a checkpoint written by audiolab."""
+
+
+class ResumeError(AudiolabError):
+    """``resume=...`` names no run that can be continued, or asks for a change a resumed
+    run cannot take."""

@@ -73,8 +73,11 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig):
+        failed = True
         try:
-            return task(cfg)
+            result = task(cfg)
+            failed = False
+            return result
         except AudiolabError as exc:
             # the user's input: the message says what to fix, a traceback would bury it
             log.error(f"the task failed: {exc}")
@@ -87,6 +90,12 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             if output_dir and rank_zero_only.rank == 0:
                 print(f"Output dir: {output_dir}", flush=True)
             close_loggers()
+            # DDP processes this job started (HydraDDPStrategy): wait for them (end them
+            # if the job failed) and close the process group, so the next job of a
+            # multirun starts afresh, with DDP or without
+            distributed = sys.modules.get("audiolab.utils.distributed")
+            if distributed is not None:
+                distributed.release_processes(kill=failed)
 
     return wrapped
 
