@@ -267,6 +267,10 @@ def multirun_job(tmp_path, monkeypatch):
         ]
     previous = HydraConfig.instance().cfg
     HydraConfig().set_config(cfg)
+    import __main__
+
+    # as when the sweep was started with `python src/train.py` (not the test runner's `-m pytest`)
+    monkeypatch.setattr(__main__, "__spec__", None)
     monkeypatch.setattr(sys, "argv", [
         "src/train.py", "-m", "--config-name=train", "model.optimizer.lr=1e-3,3e-4", "trainer=ddp_sim",
         "hydra.job.chdir=false", f"hydra.sweep.dir={tmp_path}", f"paths.log_dir={tmp_path}",

@@ -73,10 +73,11 @@ def test_vae_logs_grids_and_audio_then_generates(tmp_path, fsdd):
 @pytest.mark.slow
 def test_generate_refuses_what_it_cannot_do(tmp_path, fsdd):
     cfg = compose_config(
-        "train", ["data=fsdd", "model=vae_baseline", "debug=fdr", *TINY_VAE, *fsdd], tmp_path / "run"
+        "train", ["data=fsdd", "model=vae_baseline", "debug=limit", "trainer.max_epochs=1", "test=false",
+                  *TINY_VAE, *fsdd], tmp_path / "run"
     )
     train(cfg)
-    ckpt = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = run_cli("generate", f"ckpt={ckpt}", "digit=3", f"paths.log_dir={tmp_path}", check=False)
     assert proc.returncode == 1 and "this VAE is not conditional" in proc.stderr
     pitch = compose_config("train", ["debug=limit", "trainer.max_epochs=1", "data.batch_size=8",
