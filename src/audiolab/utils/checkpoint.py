@@ -31,9 +31,10 @@ class StoreConfigInCheckpoint(Callback):
         checkpoint[CONFIG_KEY] = {"format": FORMAT_VERSION, "config": self.config}
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load an audiolab checkpoint safely (``weights_only=True``) or raise a
-    :class:`CheckpointError` that says what is wrong with ``path``."""
+    :class:`CheckpointError` that says what is wrong with ``path``. ``mmap``: tensors are
+    mapped, not read (for a caller that only wants the stored config)."""
     path = Path(path).expanduser()
     hint = "pass ckpt=<path to a .ckpt written by audiolab-train, e.g. outputs/train/<run>/checkpoints/last.ckpt>"
     if not path.exists():
@@ -41,7 +42,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path} ({hint})")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a PyTorch checkpoint that can be loaded safely ({reason}); {hint}") from None

@@ -23,16 +23,26 @@ LAST = Path("checkpoints") / "last.ckpt"
 _IGNORED = {"resume", "ckpt_path"}
 
 
+_YES = {"true", "yes", "1", "last"}
+_NO = {"false", "no", "0", ""}
+
+
+def _switch(value: Any) -> bool | None:
+    """``resume`` as a switch: True or False, or None when it names a run dir."""
+    if isinstance(value, str):
+        word = value.lower()
+        return True if word in _YES else False if word in _NO else None
+    return bool(value)
+
+
 def wants_resume(resume: Any, ckpt_path: Any) -> bool:
-    if isinstance(resume, str) and resume.lower() in {"false", "no", "0", ""}:
-        return False
-    return bool(resume) or ckpt_path == "last"
+    return _switch(resume) is not False or ckpt_path == "last"
 
 
 def find_run_dir(resume: Any, task_root: str | Path) -> Path:
     """The run dir ``resume`` names: a folder, or (``true``) the newest run under
     ``task_root`` (``outputs/<task_name>``) with a ``checkpoints/last.ckpt``."""
-    if isinstance(resume, str) and resume.lower() not in {"true", "yes", "1", "last"}:
+    if _switch(resume) is None:
         run = Path(resume).expanduser().resolve()
         if not run.is_dir():
             raise ResumeError(f"resume={resume}: no such run dir; pass resume=true or the folder of a run")
@@ -100,7 +110,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
             f"resume: {last} does not exist. Resuming continues a single run in its own folder "
             "(a sweep job cannot be resumed this way: rerun it with ckpt_path=<its last.ckpt>)"
         )
-    stored = OmegaConf.create(stored_config(load_checkpoint(last)))
+    stored = OmegaConf.create(stored_config(load_checkpoint(last, mmap=True)))  # config only: tensors stay on disk
     overrides, groups = _command_line_overrides()
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
