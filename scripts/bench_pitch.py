@@ -13,6 +13,15 @@
    full, and the median difference of the two f0 tracks in cents (all frames, and the
    frames our periodicity calls voiced). torchcrepe's decoders keep their own quirks
    (dither, second sigmoid in weighted_argmax, softmax observations in viterbi).
+3. Accuracy against speed: RPA and RCA (50 cents, over the reference's voiced frames, on
+   its time base, as ``mir_eval.melody``) on the real-f0 MDB-stem-synth excerpt and on
+   ``--synth-clips`` clips of the synthetic test set (``data=synth_pitch``, test stream),
+   and CPU seconds per second of audio over both, for audiolab's pretrained CREPE tiny/full
+   and every ``--ckpt`` (a pitch checkpoint trained with audiolab), each with weighted
+   argmax and Viterbi; torchcrepe tiny/full with its two decoders; ``librosa.pyin``
+   (``fill_na=None``: its best guess on unvoiced frames too, since RPA scores every
+   reference-voiced frame) and torchaudio's ``detect_pitch_frequency``. Every method runs
+   at a 10 ms hop on 16 kHz audio.
 
 Everything runs on ``--threads`` torch threads (default 1, as librosa's Viterbi): CPU
 time is then well defined, and a shared machine's scheduling does not swamp the figures.
@@ -20,12 +29,14 @@ time is then well defined, and a shared machine's scheduling does not swamp the 
 The audio is real: the MDB-stem-synth excerpt followed by FSDD recordings (from
 ``../shared/data`` or ``$AUDIOLAB_SHARED_DATA``), at 16 kHz, cut to ``--seconds``.
 
-    .venv/bin/python scripts/bench_pitch.py [--seconds 10] [--decoder weighted_argmax] [--repeats 3]
+    .venv/bin/python scripts/bench_pitch.py [--seconds 10] [--decoder weighted_argmax] [--repeats 3] \
+        [--ckpt outputs/<pitch run>/checkpoints/last.ckpt ...] [--synth-clips 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from pathlib import Path
@@ -35,6 +46,9 @@ import numpy as np
 import torch
 import torchaudio
 
+from audiolab.data.synth_pitch import STREAM_TEST, SynthPitchDataModule
+from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy, resample_estimate
+from audiolab.pitch.cents import hz_to_cents
 from audiolab.pitch.decode import observation_probabilities
 from audiolab.pitch.inference import load_model, predict, read_audio
 from audiolab.pitch.viterbi import crepe_transition, viterbi
@@ -80,6 +94,87 @@ def cpu_time(fn) -> tuple[float, object]:
     return time.process_time() - start, out
 
 
+def evaluation_sets(n_synth: int) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(name, audio (16 kHz), ref times, ref f0 Hz, ref voiced)`` per clip: the MDB-stem-synth
+    excerpt (real f0) and ``n_synth`` clips of the synthetic test set."""
+    clips = []
+    folder = shared_data() / "pitch" / "mdb-stem-synth-excerpt"
+    for wav in sorted(folder.glob("*.wav")):
+        audio, rate = read_audio(wav)
+        audio = torchaudio.functional.resample(audio.mean(0) if audio.dim() > 1 else audio, rate, RATE)
+        ref = np.loadtxt(wav.with_suffix(".csv"), delimiter=",", ndmin=2)
+        f0 = torch.from_numpy(ref[:, 1])
+        clips.append(("mdb", audio, torch.from_numpy(ref[:, 0]), f0, f0 > 0))
+    test = SynthPitchDataModule().test_set  # the defaults of conf/data/synth_pitch.yaml
+    params = [test.renderer.draw(np.random.default_rng([test.seed, STREAM_TEST, i]), test.n_samples) for i in range(n_synth)]
+    audio, f0, voiced = test.renderer.render(params, test.n_samples, test.centers)
+    times = test.centers.double() / RATE
+    clips += [("synth", a, times, f.double(), v) for a, f, v in zip(audio, f0, voiced, strict=True)]
+    return clips
+
+
+def accuracy_rows(methods: dict, clips) -> list[tuple[str, str, str, str]]:
+    """RPA / RCA per evaluation set and CPU seconds per second of audio of each method;
+    a method maps 16 kHz audio ``(samples,)`` to ``(frame times, f0 Hz)``."""
+    seconds = sum(c[1].numel() for c in clips) / RATE
+    rows = []
+    for name, method in methods.items():
+        method(clips[0][1][:RATE])  # warm-up: model loading, compilation
+        scores = {s: (RawPitchAccuracy(), RawChromaAccuracy()) for s in ("mdb", "synth")}
+        cpu = 0.0
+        for subset, audio, ref_t, ref_f0, ref_v in clips:
+            spent, (t, f0) = cpu_time(functools.partial(method, audio))
+            cpu += spent
+            f0 = torch.as_tensor(np.asarray(f0, dtype=np.float64)).reshape(-1)
+            cents = torch.where(f0 > 0, hz_to_cents(f0.clamp_min(1e-9)), torch.nan)
+            est, _ = resample_estimate(torch.as_tensor(t, dtype=torch.float64), cents, torch.isfinite(cents), ref_t)
+            for metric in scores[subset]:
+                metric.update(est, ref_f0, ref_v)
+        (mdb_rpa, mdb_rca), (syn_rpa, syn_rca) = ([float(m.compute()) for m in scores[s]] for s in ("mdb", "synth"))
+        rows.append((name, f"{mdb_rpa:.4f} / {mdb_rca:.4f}", f"{syn_rpa:.4f} / {syn_rca:.4f}", f"{cpu / seconds:.4f}"))
+    return rows
+
+
+def compared_methods(ckpts: list[str]) -> dict:
+    import torchcrepe
+
+    def frame_times(n: int) -> np.ndarray:
+        return np.arange(n) * HOP / RATE
+
+    def ours(model, decoder):
+        def run(audio):
+            f0, _ = predict(audio, RATE, HOP, FMIN, FMAX, model=model, decoder=decoder)
+            return frame_times(f0.numel()), f0
+        return run
+
+    def theirs(capacity, decoder):
+        def run(audio):
+            f0 = torchcrepe.predict(audio[None], RATE, HOP, FMIN, FMAX, capacity, decoder, batch_size=512, device="cpu")[0]
+            return frame_times(f0.numel()), f0
+        return run
+
+    def pyin(audio):
+        f0, _, _ = librosa.pyin(audio.numpy(), fmin=FMIN, fmax=FMAX, sr=RATE, frame_length=1024, hop_length=HOP, fill_na=None)
+        return frame_times(len(f0)), f0
+
+    def detect_pitch(audio):
+        # torchaudio's NCCF tracker: frame i spans samples [i * HOP, (i + 1) * HOP) plus the lags
+        f0 = torchaudio.functional.detect_pitch_frequency(audio[None], RATE, frame_time=HOP / RATE, freq_low=50, freq_high=FMAX)[0]
+        return (np.arange(f0.numel()) + 0.5) * HOP / RATE, f0
+
+    methods = {}
+    for model in ["tiny", "full", *ckpts]:
+        label = model if model in ("tiny", "full") else Path(model).parents[1].parent.name + "/" + Path(model).parents[1].name
+        for decoder in ("weighted_argmax", "viterbi"):
+            methods[f"audiolab {label}, {decoder}"] = ours(model, decoder)
+    for capacity in ("tiny", "full"):
+        for decoder in ("weighted_argmax", "viterbi"):
+            methods[f"torchcrepe {capacity}, {decoder}"] = theirs(capacity, getattr(torchcrepe.decode, decoder))
+    methods["librosa.pyin"] = pyin
+    methods["torchaudio detect_pitch_frequency"] = detect_pitch
+    return methods
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="audio for the pipeline comparison")
@@ -87,6 +182,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats for our Viterbi (best kept)")
     parser.add_argument("--frames", type=int, default=6000, help="frames for the Viterbi comparison")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ckpt", nargs="*", default=[], help="audiolab pitch checkpoints for the accuracy table")
+    parser.add_argument("--synth-clips", type=int, default=16, help="1-s clips of the synthetic test set")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only the Viterbi and pipeline rows")
     args = parser.parse_args()
     import torchcrepe
 
@@ -145,6 +243,23 @@ def main() -> None:
 
     print(f"\n{duration:.1f} s of audio, decoder {args.decoder}, torch threads {torch.get_num_threads()}")
     header = ("measure", "audiolab", "librosa / torchcrepe", "")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    if args.skip_accuracy:
+        return
+
+    # 3. Accuracy against speed
+    clips = evaluation_sets(args.synth_clips)
+    rows = accuracy_rows(compared_methods(args.ckpt), clips)
+    n_mdb = sum(int(c[4].sum()) for c in clips if c[0] == "mdb")
+    n_syn = sum(int(c[4].sum()) for c in clips if c[0] == "synth")
+    seconds = sum(c[1].numel() for c in clips) / RATE
+    print(
+        f"\nAccuracy (RPA / RCA, 50 cents) on the MDB-stem-synth excerpt ({n_mdb} voiced reference frames) and "
+        f"{args.synth_clips} synthetic test clips ({n_syn} voiced frames); CPU s per s over all {seconds:.1f} s"
+    )
+    header = ("method", "MDB excerpt RPA / RCA", "synthetic RPA / RCA", "CPU s per s of audio")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))

@@ -28,6 +28,7 @@ PAIRS = [
     ("synth_pitch", "crepe"),
     ("pitch_fsdd", "crepe"),
     ("pitch_mix", "crepe"),
+    ("synth_pitch", "harmonic_pitch"),
     ("fsdd", "vae_baseline"),
     ("fsdd", "vae"),
     ("fsdd", "digit_classifier"),

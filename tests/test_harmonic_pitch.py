@@ -1,0 +1,95 @@
+"""The fast pitch network: its harmonic-stack front end, shapes, folded batch norm, and
+training through the pitch LightningModule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from audiolab.nets.harmonic_pitch import HarmonicPitchNet
+from audiolab.pitch.cents import bin_cents
+
+
+def tone(f0: float, partials: int = 1, n: int = 1024, rate: int = 16000) -> torch.Tensor:
+    t = torch.arange(n, dtype=torch.float64) / rate
+    return sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, partials + 1)).float()
+
+
+def nearest_bin(f0: float) -> int:
+    cents = 1200 * math.log2(f0 / 10.0)
+    return int((bin_cents(dtype=torch.float64) - cents).abs().argmin())
+
+
+def test_shapes_range_and_embedding():
+    net = HarmonicPitchNet(channels=8).eval()
+    frames = torch.randn(2, 3, 1024)
+    with torch.no_grad():
+        act, emb = net(frames), net.embed(frames)
+    assert act.shape == (2, 3, 360) and act.min() >= 0 and act.max() <= 1
+    assert emb.shape == (2, 3, 8 * 360)
+
+
+@pytest.mark.parametrize("f0", [110.0, 261.6, 440.0, 1000.0, 1760.0])
+def test_each_harmonic_channel_peaks_where_its_multiple_of_the_bin_hits_the_tone(f0):
+    """A pure tone at f0: channel h peaks at the bin whose frequency times h is f0, i.e.
+    the h = 1 channel at f0's own bin, h = 2 one octave (60 bins) lower."""
+    net = HarmonicPitchNet(harmonics=(1, 2, 0.5))
+    stack = net.stack(tone(f0)[None])[0]
+    target = nearest_bin(f0)
+    assert abs(int(stack[0].argmax()) - target) <= 1
+    assert abs(int(stack[1].argmax()) - (target - 60)) <= 1 or target - 60 < 0
+    if target + 60 < 360:
+        assert abs(int(stack[2].argmax()) - (target + 60)) <= 1
+
+
+def test_a_pitch_shift_is_a_shift_along_the_bins():
+    """Harmonic tones a semitone (5 bins) apart give stacks that are shifted copies."""
+    net = HarmonicPitchNet()
+    low, high = net.stack(torch.stack([tone(200.0, 8), tone(200.0 * 2 ** (1 / 12), 8)]))
+    # compare the bins both cover with the partials of interest, away from the edges
+    a, b = low[:, 100:250], high[:, 105:255]
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.97
+
+
+def test_gain_does_not_change_the_output():
+    net = HarmonicPitchNet().eval()
+    frames = torch.randn(4, 1024)
+    with torch.no_grad():
+        assert torch.allclose(net(frames), net(5.0 * frames + 0.1), atol=1e-4)
+
+
+def test_eval_mode_folds_batch_norm_into_the_convolutions():
+    net = HarmonicPitchNet(channels=8)
+    frames = torch.randn(32, 1024)
+    net.train()
+    for _ in range(3):  # non-trivial running statistics
+        net(frames + torch.randn_like(frames))
+    for block in net.body:  # and non-trivial affine parameters
+        torch.nn.init.normal_(block.norm.weight, 1.0, 0.2)
+        torch.nn.init.normal_(block.norm.bias, 0.0, 0.2)
+    net.eval()
+    with torch.no_grad():
+        fused = net.logits(frames)
+        h = net.input_norm(net.stack(frames))
+        for block in net.body:
+            h = torch.relu(block.norm(block.conv(h)))
+        unfused = net.head(h).reshape(32, 360)
+    assert torch.allclose(fused, unfused, atol=1e-4), (fused - unfused).abs().max()
+
+
+def test_cost_is_a_small_fraction_of_crepe_full():
+    # CREPE full: about 1.3 GFLOP (0.65 G multiply-adds) per frame
+    assert HarmonicPitchNet().macs_per_frame() < 0.65e9 / 100
+
+
+def test_bad_arguments_and_input_are_refused():
+    with pytest.raises(ValueError, match="odd"):
+        HarmonicPitchNet(kernel_size=4)
+    with pytest.raises(ValueError, match="n_fft"):
+        HarmonicPitchNet(n_fft=512)
+    with pytest.raises(ValueError, match="positive"):
+        HarmonicPitchNet(harmonics=(0, 1))
+    with pytest.raises(ValueError, match="frames of 1024 samples"):
+        HarmonicPitchNet()(torch.randn(2, 1000))
