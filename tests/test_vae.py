@@ -211,3 +211,19 @@ def test_vae_module_samples_from_the_fitted_mixture():
         assert any(torch.allclose(got[i], decoded[k], atol=1e-5) for k in range(2))
     with pytest.raises(ValueError, match="unknown latent_prior 'vamp'"):
         VAEModule(net, adam, latent_prior="vamp")
+
+
+def test_sample_temperature_is_the_default_of_prior_samples():
+    net = ConvVAE(filters=(8, 8, 8, 8, 8), latent_dim=4, n_classes=10)
+    module = VAEModule(net, adam, latent_prior="gmm", prior_components=2, sample_temperature=0.5).eval()
+    b = batch(20)
+    module.fit_latent_mixture([{k: b[k][i] for k in ("spec", "digit")} for i in range(20)])
+    labels = torch.tensor([1, 2, 3])
+
+    def draw(**kwargs):
+        return module.sample(3, labels, generator=torch.Generator().manual_seed(7), **kwargs)
+
+    assert torch.equal(draw(), draw(temperature=0.5))
+    assert not torch.equal(draw(), draw(temperature=1.0))
+    with pytest.raises(ValueError, match="sample_temperature must be positive"):
+        VAEModule(net, adam, sample_temperature=0.0)

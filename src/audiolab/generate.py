@@ -69,7 +69,7 @@ def _prior_samples(module, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor 
         labels = torch.arange(n) % n_classes if n_classes else None
     generator = torch.Generator(device=cfg.device).manual_seed(int(cfg.seed))
     labels = None if labels is None else labels.to(cfg.device)
-    return module.sample(n, labels, generator=generator, temperature=float(cfg.temperature)), labels
+    return module.sample(n, labels, generator=generator, temperature=None if cfg.temperature is None else float(cfg.temperature)), labels
 
 
 def _check_digit(digit, n_classes: int) -> int:
