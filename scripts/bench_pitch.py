@@ -164,7 +164,8 @@ def compared_methods(ckpts: list[str]) -> dict:
 
     methods = {}
     for model in ["tiny", "full", *ckpts]:
-        label = model if model in ("tiny", "full") else Path(model).parents[1].parent.name + "/" + Path(model).parents[1].name
+        # a checkpoint: its task name (outputs/<task>/<run>/checkpoints/<file>)
+        label = model if model in ("tiny", "full") else f"{Path(model).parents[2].name} ({Path(model).name})"
         for decoder in ("weighted_argmax", "viterbi"):
             methods[f"audiolab {label}, {decoder}"] = ours(model, decoder)
     for capacity in ("tiny", "full"):
