@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from audiolab.data.pitch_eval import find_f0_pairs, read_f0_csv
 from audiolab.data.synth_pitch import STREAM_TEST, SynthPitchDataModule
 from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy, resample_estimate
 from audiolab.pitch.cents import hz_to_cents
@@ -94,17 +95,22 @@ def cpu_time(fn) -> tuple[float, object]:
     return time.process_time() - start, out
 
 
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
 def evaluation_sets(n_synth: int) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(name, audio (16 kHz), ref times, ref f0 Hz, ref voiced)`` per clip: the MDB-stem-synth
     excerpt (real f0) and ``n_synth`` clips of the synthetic test set."""
     clips = []
     folder = shared_data() / "pitch" / "mdb-stem-synth-excerpt"
-    for wav in sorted(folder.glob("*.wav")):
+    for wav, csv in find_f0_pairs(folder):
         audio, rate = read_audio(wav)
         audio = torchaudio.functional.resample(audio.mean(0) if audio.dim() > 1 else audio, rate, RATE)
-        ref = np.loadtxt(wav.with_suffix(".csv"), delimiter=",", ndmin=2)
-        f0 = torch.from_numpy(ref[:, 1])
-        clips.append(("mdb", audio, torch.from_numpy(ref[:, 0]), f0, f0 > 0))
+        times, f0 = read_f0_csv(csv)
+        clips.append(("mdb", audio, times.double(), f0.double(), f0 > 0))
     test = SynthPitchDataModule().test_set  # the defaults of conf/data/synth_pitch.yaml
     params = [test.renderer.draw(np.random.default_rng([test.seed, STREAM_TEST, i]), test.n_samples) for i in range(n_synth)]
     audio, f0, voiced = test.renderer.render(params, test.n_samples, test.centers)
@@ -243,10 +249,7 @@ def main() -> None:
         ))
 
     print(f"\n{duration:.1f} s of audio, decoder {args.decoder}, torch threads {torch.get_num_threads()}")
-    header = ("measure", "audiolab", "librosa / torchcrepe", "")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(("measure", "audiolab", "librosa / torchcrepe", ""), rows)
     if args.skip_accuracy:
         return
 
@@ -260,10 +263,7 @@ def main() -> None:
         f"\nAccuracy (RPA / RCA, 50 cents) on the MDB-stem-synth excerpt ({n_mdb} voiced reference frames) and "
         f"{args.synth_clips} synthetic test clips ({n_syn} voiced frames); CPU s per s over all {seconds:.1f} s"
     )
-    header = ("method", "MDB excerpt RPA / RCA", "synthetic RPA / RCA", "CPU s per s of audio")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(("method", "MDB excerpt RPA / RCA", "synthetic RPA / RCA", "CPU s per s of audio"), rows)
 
 
 if __name__ == "__main__":
