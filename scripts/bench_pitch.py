@@ -29,7 +29,7 @@ time is then well defined, and a shared machine's scheduling does not swamp the 
 The audio is real: the MDB-stem-synth excerpt followed by FSDD recordings (from
 ``../shared/data`` or ``$AUDIOLAB_SHARED_DATA``), at 16 kHz, cut to ``--seconds``.
 
-    .venv/bin/python scripts/bench_pitch.py [--seconds 10] [--decoder weighted_argmax] [--repeats 3] \
+    .venv/bin/python scripts/bench_pitch.py [--seconds 10] [--decoder weighted_argmax] [--repeats 5] \
         [--ckpt outputs/<pitch run>/checkpoints/last.ckpt ...] [--synth-clips 16]
 """
 
@@ -186,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="audio for the pipeline comparison")
     parser.add_argument("--decoder", default="weighted_argmax", choices=["argmax", "weighted_argmax", "viterbi"])
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats for our Viterbi (best kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats of each Viterbi (best kept)")
     parser.add_argument("--frames", type=int, default=6000, help="frames for the Viterbi comparison")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ckpt", nargs="*", default=[], help="audiolab pitch checkpoints for the accuracy table")
@@ -209,7 +209,7 @@ def main() -> None:
     ours_s, ours_path = best_time(lambda: viterbi(obs, transition), args.repeats)
     obs_np, transition_np = obs.numpy().T.copy(), transition.numpy()
     librosa.sequence.viterbi(obs_np[:, :10], transition_np)  # numba compilation, not timed
-    theirs_s, theirs_path = best_time(lambda: librosa.sequence.viterbi(obs_np, transition_np), 1)
+    theirs_s, theirs_path = best_time(lambda: librosa.sequence.viterbi(obs_np, transition_np), args.repeats)
     agree = float(np.mean(ours_path.numpy() == theirs_path))
     forbidden = int((np.abs(np.diff(theirs_path.astype(int))) > 11).sum())
     rows.append((

@@ -1,14 +1,16 @@
 """Viterbi decoding in batched torch (any device), for pitch tracking over the CREPE grid.
 
 The decoder is the max-product algorithm in log space. Its forward pass is sequential in
-time by nature; each step is four tensor operations over the whole batch, and the
-transition matrix is stored as a band: with CREPE's transition (a frame moves at most 11
-bins) a step touches 360 x 23 entries instead of 360 x 360. Back-pointers are not taken
-with an ``argmax`` inside the loop (on CPU an indexed reduction over a small axis costs
-more than the rest of the step): the loop records which sources reach each best score,
-and the first of them is found for a whole block of frames in one vectorised pass. The
-back-tracking is vectorised as well, by pointer doubling: the composition of a block's
-pointer maps takes log2(block) gathers instead of one step per frame.
+time by nature; each step is three tensor operations over the whole batch (add the
+transition band, take the maximum over sources, add the observation), and the transition
+matrix is stored as a band: with CREPE's transition (a frame moves at most 11 bins) a step
+touches 360 x 23 entries instead of 360 x 360.
+
+The loop computes no back-pointers. It keeps every frame's scores instead, and the
+back-tracking recomputes the one pointer it needs per frame, that of the state the path is
+in (23 candidates), on the host. Taking a pointer for every state and frame costs more than
+the whole forward pass on a CPU (an indexed reduction per step, or a second pass over
+frames x band x states), and the path needs one per frame.
 
 Numerics follow ``librosa.sequence.viterbi`` so that both give the same path for the
 same inputs: scores in float64, ``log(p + tiny)`` with ``tiny`` the smallest normal
@@ -21,13 +23,15 @@ float32 probabilities); the paths differ only where librosa's path takes such a
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from audiolab.pitch.cents import N_BINS
 
-# Frames processed per block: bounds the working memory (batch x block x band x states
-# flags) on long inputs while keeping the number of vectorised passes small.
+# Frames whose log-observations are taken at once: bounds that temporary on long inputs.
 BLOCK = 256
+# Up to this many sequences, the back-tracking follows each alone (see _backtrack).
+_LANES_ONE_BY_ONE = 4
 
 
 def crepe_transition(n_bins: int = N_BINS, reach: int = 12, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -56,7 +60,8 @@ def _check(observations: torch.Tensor, transition: torch.Tensor, initial: torch.
     rows = transition.sum(dim=1)
     if (transition < 0).any() or not torch.allclose(rows, torch.ones_like(rows)):
         raise ValueError("the transition matrix must be non-negative with rows that sum to 1")
-    if not torch.isfinite(observations).all() or (observations < 0).any() or (observations > 1).any():
+    low, high = torch.aminmax(observations)  # NaN when any is: the test below fails then
+    if not (bool(low >= 0) and bool(high <= 1)):
         raise ValueError("observation probabilities must be finite and within [0, 1]")
     if initial is not None and initial.shape != (n,):
         raise ValueError(f"the initial distribution must have shape ({n},), got {tuple(initial.shape)}")
@@ -83,19 +88,17 @@ def viterbi(
             float32 is faster on GPUs, where close decisions may then differ.
 
     Returns:
-        States, ``long`` tensor of shape ``observations.shape[:-1]``. Memory: one byte of
-        back-pointer per frame and state (for bands up to 255 wide), plus one block of
-        working buffers.
+        States, ``long`` tensor of shape ``observations.shape[:-1]``. Memory: the scores,
+        ``dtype`` numbers per frame and (state + band), twice the size of float32
+        observations; on an accelerator they are copied to the host for the back-tracking.
     """
     _check(observations, transition, initial)
     lead, (n_frames, n_states) = observations.shape[:-2], observations.shape[-2:]
     device = observations.device
     obs = observations.reshape(-1, n_frames, n_states)
-    batch = obs.shape[0]
     tiny = torch.finfo(obs.dtype).tiny
 
     reach = _bandwidth(transition)
-    width = 2 * reach + 1
     states = torch.arange(n_states, device=device)
     offsets = torch.arange(-reach, reach + 1, device=device)
     # band[d, j]: log p(source j + d - reach -> target j); -inf outside the matrix or band
@@ -107,72 +110,65 @@ def viterbi(
         initial = torch.full((n_states,), 1.0 / n_states, dtype=dtype, device=device)
     log_init = torch.log(initial.to(device, dtype) + tiny)
 
-    # Scores padded with -inf by `reach` on both sides, so that a sliding window of `width`
-    # over the state axis sees every source of each target. Row r of the buffer holds
-    # frame start + r - 1 of the current block; row 0 the last frame of the previous one.
-    block = min(BLOCK, n_frames)
-    scores = torch.full((batch, block + 1, n_states + 2 * reach), -torch.inf, dtype=dtype, device=device)
-    rows = scores[:, :, reach : reach + n_states].unbind(1)
-    # windows[r][b, d, j] = score of source j + d - reach in row r (views, made once)
-    windows = scores.unfold(-1, width, 1).transpose(-1, -2).unbind(1)
-    candidates = torch.empty((batch, width, n_states), dtype=dtype, device=device)
-    best = torch.empty((batch, n_states), dtype=dtype, device=device)
-    # equality of the bit patterns: the same as float equality here (no NaN, and no -0.0:
-    # sums of logs of numbers <= 1 give +0.0 at most), and a faster comparison on CPU
-    int_dtype = torch.int64 if dtype == torch.float64 else torch.int32
-    candidates_bits, best_bits = candidates.view(int_dtype), best.view(int_dtype)[:, None]
-    # which sources reach the best score, per step of the block; the back-pointer is the
-    # first of them (librosa's tie rule). A CPU argmax over the band would cost more than
-    # the rest of the step, so the loop only records the equality and the first index is
-    # found for the whole block at once below.
-    is_best = torch.zeros((batch, block, width, n_states), dtype=torch.bool, device=device)
-    is_best_rows = is_best.unbind(1)
-    # first matching d has the largest rank, so a max over the band axis finds it
-    rank = torch.arange(width, 0, -1, device=device, dtype=torch.int16 if width > 255 else torch.uint8)[:, None]
-    ptr_dtype = torch.uint8 if width <= 255 else torch.int16
-    pointers = torch.zeros((batch, n_frames, n_states), dtype=ptr_dtype, device=device)
+    # no autograd bookkeeping in the loop: a tenth of the time of each small operation
+    with torch.inference_mode():
+        scores = _forward(obs, band, log_init, tiny)
+    path = _backtrack(scores.cpu().numpy(), band.T.contiguous().cpu().numpy(), reach)
+    return torch.from_numpy(path).to(device).reshape(*lead, n_frames)
 
-    for start in range(0, n_frames, block):
-        stop = min(start + block, n_frames)
-        # the log in the observations' own dtype, as librosa, then scores in `dtype`
-        log_obs = torch.log(obs[:, start:stop] + tiny).to(dtype).unbind(1)
-        first = 0
+
+def _forward(obs: torch.Tensor, band: torch.Tensor, log_init: torch.Tensor, tiny: float) -> torch.Tensor:
+    """Scores of every frame and state, ``(batch, frames, states + 2 reach)``: the states
+    padded with -inf by ``reach`` on both sides, so that a sliding window of the band's
+    width over a frame sees every source of each target."""
+    batch, n_frames, n_states = obs.shape
+    width = band.shape[0]
+    reach = width // 2
+    scores = torch.empty((batch, n_frames, n_states + 2 * reach), dtype=band.dtype, device=band.device)
+    scores[..., :reach] = -torch.inf
+    scores[..., reach + n_states :] = -torch.inf
+    candidates = torch.empty((batch, width, n_states), dtype=band.dtype, device=band.device)
+    best = torch.empty((batch, n_states), dtype=band.dtype, device=band.device)
+    add, amax = torch.add, torch.amax  # looked up once: the loop runs once per frame
+    for start in range(0, n_frames, BLOCK):
+        stop = min(start + BLOCK, n_frames)
+        # the frames' log-observations first (the log in the observations' own dtype, as
+        # librosa); each step then adds the best transition into its row
+        scores[:, start:stop, reach : reach + n_states] = torch.log(obs[:, start:stop] + tiny)
         if start == 0:
-            torch.add(log_obs[0], log_init, out=rows[1])
-            first = 1
-        for t in range(first, stop - start):
-            torch.add(windows[t], band, out=candidates)
-            torch.amax(candidates, dim=1, out=best)
-            torch.eq(candidates_bits, best_bits, out=is_best_rows[t])
-            torch.add(best, log_obs[t], out=rows[t + 1])
-        matches = is_best[:, first : stop - start].to(rank.dtype) * rank
-        pointers[:, start + first : stop] = (width - matches.amax(dim=2)).to(ptr_dtype)
-        scores[:, 0] = scores[:, stop - start]
-
-    last = rows[0].argmax(dim=-1)
-    path = _backtrack(pointers, last, reach)
-    return path.reshape(*lead, n_frames)
+            scores[:, 0, reach : reach + n_states] += log_init
+        # rows[i]: frame first + i; windows[i][b, d, j]: its score of source j + d - reach
+        first = max(start - 1, 0)
+        rows = scores[:, first:stop, reach : reach + n_states].unbind(1)
+        windows = scores[:, first:stop].unfold(-1, width, 1).transpose(-1, -2).unbind(1)
+        for window, row in zip(windows[:-1], rows[1:], strict=True):
+            add(window, band, out=candidates)
+            amax(candidates, dim=1, out=best)
+            row.add_(best)
+    return scores
 
 
-def _backtrack(pointers: torch.Tensor, last: torch.Tensor, reach: int) -> torch.Tensor:
-    """States from back-pointers ``(batch, frames, states)`` (band offsets: the source of
-    state ``j`` at frame ``t`` is ``j + pointers[t, j] - reach`` at ``t - 1``) and the
-    final states ``(batch,)``, by pointer doubling within blocks of frames."""
-    batch, n_frames, n_states = pointers.shape
-    states = torch.arange(n_states, device=pointers.device)
-    path = torch.empty((batch, n_frames), dtype=torch.long, device=pointers.device)
-    path[:, -1] = last
-    end = n_frames  # path[:, end - 1] is known
-    while end > 1:
-        begin = max(1, end - BLOCK)
-        # maps[t]: state at frame begin + t -> its predecessor at frame begin + t - 1
-        maps = pointers[:, begin:end].long() + (states - reach)
-        step = 1
-        while step < end - begin:
-            # compose: maps[t] becomes maps[t] o maps[t + step]
-            maps[:, :-step] = maps[:, :-step].gather(-1, maps[:, step:])
-            step *= 2
-        known = path[:, end - 1, None, None].expand(batch, end - begin, 1)
-        path[:, begin - 1 : end - 1] = maps.gather(-1, known).squeeze(-1)
-        end = begin
+def _backtrack(scores: np.ndarray, band: np.ndarray, reach: int) -> np.ndarray:
+    """States of the best path from the padded scores ``(batch, frames, states + 2 reach)``
+    and the band ``(states, 2 reach + 1)`` (``band[j, d]``: log-probability of source
+    ``j + d - reach`` to ``j``): the last state is the best final score, each earlier one
+    the first best source of the next (librosa's tie rule). A few sequences are chased
+    one by one (slices are the cheapest numpy operations); more, as one batch per frame."""
+    batch, n_frames, padded = scores.shape
+    width = band.shape[1]
+    path = np.empty((batch, n_frames), dtype=np.int64)
+    path[:, -1] = scores[:, -1, reach : padded - reach].argmax(axis=-1)
+    if batch <= _LANES_ONE_BY_ONE:
+        for b in range(batch):
+            lane, state = scores[b], int(path[b, -1])
+            for t in range(n_frames - 1, 0, -1):
+                # the padded index of source state + d - reach is state + d
+                state += int((lane[t - 1, state : state + width] + band[state]).argmax()) - reach
+                path[b, t - 1] = state
+        return path
+    lanes, window, state = np.arange(batch)[:, None], np.arange(width), path[:, -1]
+    for t in range(n_frames - 1, 0, -1):
+        candidates = scores[lanes, t - 1, state[:, None] + window] + band[state]
+        state = state + candidates.argmax(axis=-1) - reach
+        path[:, t - 1] = state
     return path
