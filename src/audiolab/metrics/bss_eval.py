@@ -146,8 +146,10 @@ def _spectra(
     out = signals[0].new_empty(n_freq, len(starts), n_rows, dtype=torch.complex128)
     acc = out.new_zeros(n_freq, n_corr, n_rows) if n_corr else None
     step = min(len(starts), max(1, _FFT_ELEMS // (n_rows * n_freq)))
-    # One buffer for every batch of frames: a fresh large one costs a page fault per page.
+    # One buffer each for the frames and their spectra, reused by every batch of frames: a
+    # fresh large one costs a page fault per page.
     tiles = signals[0].new_empty(step, n_rows, n_fft)
+    spec_buffer = out.new_empty(step, n_rows, n_freq)
     for t0 in range(0, len(starts), step):
         part = starts[t0 : t0 + step]
         full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
@@ -163,7 +165,7 @@ def _spectra(
         tiles[:full, :, width:] = 0
         for t in range(full, len(part)):
             tiles[t, :, n - part[t] :] = 0
-        spec = torch.fft.rfft(tiles[: len(part)])
+        spec = torch.fft.rfft(tiles[: len(part)], out=spec_buffer[: len(part)])
         # to frequency-major in chunks that stay in cache (several times faster than at once)
         f_step = max(1, _CHUNK_ELEMS // (len(part) * n_rows))
         for f0 in range(0, n_freq, f_step):
