@@ -1,17 +1,23 @@
 """museval vs audiolab's BSSEval v4 on the same inputs, one run:
 
     .venv/bin/python scripts/bench_bsseval.py [--seconds 60] [--sources 4] [--device cpu|cuda]
-        [--threads 2] [--repeats 3] [--float-stems] [--museval-ulp] [--profile]
+        [--threads 2] [--repeats 3] [--no-policy-rows] [--float-stems] [--museval-ulp] [--profile]
 
 Both score the same estimates of the same references (a synthetic track from the built-in
 generator, estimates = references plus noise and cross-talk of varying strength) with
 BSSEval v4 (images mode, whole-track filters, 1-s frames). Prints the seconds of each, the
 ratio, and the largest |difference| per metric (NaN positions must match).
 
-Threads: museval runs once, with its numpy/scipy BLAS on its default thread count (printed;
-all cores of this machine). audiolab runs on one torch thread (its default, meant for one
-track per process) and on ``--threads``; each time is the best of ``--repeats`` calls, as
-one call of under 3 s swings by a third from run to run on a shared VM.
+Threads: museval runs with its numpy/scipy BLAS on its default thread count (printed; all
+cores of this machine). audiolab runs on one torch thread (its default, meant for one track
+per process) and on ``--threads``; each time is the best of ``--repeats`` calls, as one call
+of under 3 s swings by a third from run to run on a shared VM.
+
+Memory: a call needs about 0.9 GB of temporaries, and glibc maps such blocks afresh on
+every call, a page fault per 4 KB. The last rows switch the process to
+``audiolab.utils.memory.keep_freed_memory`` (what the museval callback's workers run with)
+and time audiolab again, then museval again under the same policy (``--no-policy-rows``
+skips them).
 
 The references are quantised to 16 bits, as the synthetic dataset stores them (and as every
 real stem is); ``--float-stems`` keeps the raw float renders, whose band-limited sources
@@ -31,6 +37,7 @@ import torch
 
 from audiolab.data.synth_musdb import SOURCES, render_track
 from audiolab.metrics.bss_eval import bss_eval_v4
+from audiolab.utils.memory import keep_freed_memory
 
 METRICS = ("sdr", "isr", "sir", "sar")
 
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="audiolab's second timing, torch threads")
     parser.add_argument("--repeats", type=int, default=3, help="audiolab calls per timing (best kept)")
+    parser.add_argument("--no-policy-rows", action="store_true", help="skip the keep_freed_memory rows")
     parser.add_argument("--float-stems", action="store_true", help="do not quantise to 16 bits")
     parser.add_argument("--museval-ulp", action="store_true", help="museval again, refs + 1 ulp")
     parser.add_argument("--profile", action="store_true", help="audiolab's time by stage")
@@ -148,18 +156,28 @@ def main() -> None:
         timings = [(1, *timed(1))]
         if device.type == "cpu" and args.threads != 1:
             timings.append((args.threads, *timed(args.threads)))
+        rows = [(f"audiolab on {threads} thread{'s' * (threads > 1)}", t_museval, seconds)
+                for threads, seconds, _ in timings]
+        if device.type == "cpu" and not args.no_policy_rows:
+            if keep_freed_memory():
+                threads = max(t for t, _, _ in timings)
+                seconds = timed(threads)[0]
+                start = time.perf_counter()
+                museval_scores(refs, ests)
+                t_policy = time.perf_counter() - start
+                rows.append((f"both keeping freed memory, audiolab on {threads} thread{'s' * (threads > 1)}",
+                             t_policy, seconds))
+            else:
+                print("keep_freed_memory is not available here (needs Linux with glibc)")
     for warning in {str(w.message) for w in caught}:
         print(f"audiolab warned: {warning}")
     ours = {k: v.cpu().numpy() for k, v in timings[0][2].items()}
 
     print(f"museval's BLAS threads: {blas_threads()}")
-    print("| | museval | audiolab | ratio |")
+    print("| seconds | museval | audiolab | ratio |")
     print("|---|---:|---:|---:|")
-    for threads, seconds, _ in timings:
-        print(
-            f"| seconds ({args.device}, audiolab on {threads} thread{'s' * (threads > 1)}) "
-            f"| {t_museval:.2f} | {seconds:.3f} | {t_museval / seconds:.1f}x |"
-        )
+    for name, theirs_s, ours_s in rows:
+        print(f"| {args.device}, {name} | {theirs_s:.2f} | {ours_s:.3f} | {theirs_s / ours_s:.1f}x |")
     for name, (diff, same_nan) in largest_difference(ours, theirs).items():
         nan = "NaN positions equal" if same_nan else "NaN positions DIFFER"
         print(f"| max abs diff {name.upper()} (dB) | | {diff:.2e} | {nan} |")

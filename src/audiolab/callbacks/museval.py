@@ -43,7 +43,7 @@ from audiolab.metrics.track_eval import (
     write_text_atomic,
 )
 from audiolab.utils.media import log_table, markdown_table
-from audiolab.utils.threads import limit_threads
+from audiolab.utils.threads import evaluation_worker
 
 log = logging.getLogger("audiolab")
 
@@ -245,8 +245,9 @@ class MusevalCallback(Callback):
                 max_workers=min(self.workers, len(todo)),
                 # spawn: a fork would copy this process's threads and CUDA state
                 mp_context=multiprocessing.get_context("spawn"),
-                # the pool is the parallelism: one BLAS / torch thread per worker
-                initializer=limit_threads,
+                # the pool is the parallelism: one BLAS / torch thread per worker; and an
+                # allocator that keeps freed memory for the next track
+                initializer=evaluation_worker,
                 initargs=(1,),
             )
         pending: dict[Future, str] = {}

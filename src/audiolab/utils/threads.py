@@ -17,6 +17,16 @@ def limit_threads(n: int = 1) -> None:
     threadpool_limits(n)
 
 
+def evaluation_worker(n: int = 1) -> None:
+    """Initializer of evaluation worker processes: :func:`limit_threads`, and an allocator
+    that keeps freed memory (:func:`~audiolab.utils.memory.keep_freed_memory`), as each
+    track's scoring allocates and frees the same large buffers again."""
+    from audiolab.utils.memory import keep_freed_memory
+
+    limit_threads(n)
+    keep_freed_memory()
+
+
 def one_thread_worker(worker_id: int) -> None:
     """``worker_init_fn`` of DataLoaders: one thread per loader worker, so that workers x
     threads never oversubscribe the cores."""
