@@ -11,6 +11,7 @@ import torch
 import torchaudio
 from helpers import require_shared
 
+from audiolab.pitch import viterbi as viterbi_module
 from audiolab.pitch.cents import bin_cents, cents_to_hz, gaussian_targets, hz_to_cents
 from audiolab.pitch.decode import (
     decode,
@@ -82,6 +83,23 @@ def test_viterbi_path_equals_librosa_with_the_crepe_transition():
     np.testing.assert_array_equal(
         viterbi(torch.from_numpy(flat), transition)[0].numpy(), librosa.sequence.viterbi(flat[0].T, transition.numpy())
     )
+
+
+@pytest.mark.parametrize(("batch", "n_frames", "seg"), [(1, 50, 7), (1, 43, 7), (6, 40, 2), (2, 300, 9)])
+def test_long_inputs_are_decoded_in_segments_to_the_same_path(monkeypatch, batch, n_frames, seg):
+    """Past the memory budget, the decoder recomputes segments from saved rows: the path is
+    the whole-sequence one (librosa's) for segment lengths that divide the frames or not,
+    segments of two frames, and one sequence or a batch (both back-tracking ways)."""
+    rng = np.random.default_rng(batch * 1000 + n_frames)
+    transition = crepe_transition()
+    obs = wandering_observations(rng, batch, n_frames)
+    whole = viterbi(torch.from_numpy(obs), transition)
+    padded = 360 + 2 * 11
+    monkeypatch.setattr(viterbi_module, "_SCORES_BYTES", seg * batch * padded * 8)
+    segmented = viterbi(torch.from_numpy(obs), transition)
+    assert torch.equal(segmented, whole)
+    for b in range(batch):
+        np.testing.assert_array_equal(segmented[b].numpy(), librosa.sequence.viterbi(obs[b].T, transition.numpy()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

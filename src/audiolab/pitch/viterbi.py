@@ -10,7 +10,9 @@ The loop computes no back-pointers. It keeps every frame's scores instead, and t
 back-tracking recomputes the one pointer it needs per frame, that of the state the path is
 in (23 candidates), on the host. Taking a pointer for every state and frame costs more than
 the whole forward pass on a CPU (an indexed reduction per step, or a second pass over
-frames x band x states), and the path needs one per frame.
+frames x band x states), and the path needs one per frame. Past a memory budget the scores
+are kept for one segment of frames at a time: a first pass saves each segment's first row,
+and the back-tracking recomputes the segments from the last to the first.
 
 Numerics follow ``librosa.sequence.viterbi`` so that both give the same path for the
 same inputs: scores in float64, ``log(p + tiny)`` with ``tiny`` the smallest normal
@@ -30,6 +32,8 @@ from audiolab.pitch.cents import N_BINS
 
 # Frames whose log-observations are taken at once: bounds that temporary on long inputs.
 BLOCK = 256
+# Scores held at once (bytes): longer inputs are decoded in segments, at twice the time.
+_SCORES_BYTES = 2**28
 # Up to this many sequences, the back-tracking follows each alone (see _backtrack).
 _LANES_ONE_BY_ONE = 4
 
@@ -89,8 +93,10 @@ def viterbi(
 
     Returns:
         States, ``long`` tensor of shape ``observations.shape[:-1]``. Memory: the scores,
-        ``dtype`` numbers per frame and (state + band), twice the size of float32
-        observations; on an accelerator they are copied to the host for the back-tracking.
+        ``dtype`` numbers per frame and (state + band), at most 256 MB of them (about 87,000
+        frames of one sequence in float64): longer inputs are decoded in segments, at twice
+        the forward time. On an accelerator they are copied to the host for the
+        back-tracking.
     """
     _check(observations, transition, initial)
     lead, (n_frames, n_states) = observations.shape[:-2], observations.shape[-2:]
@@ -110,54 +116,86 @@ def viterbi(
         initial = torch.full((n_states,), 1.0 / n_states, dtype=dtype, device=device)
     log_init = torch.log(initial.to(device, dtype) + tiny)
 
+    batch, padded = obs.shape[0], n_states + 2 * reach
+    band_host = band.T.contiguous().cpu().numpy()
+    # frames whose scores are held at once; longer inputs are decoded in segments
+    seg = max(2, _SCORES_BYTES // (batch * padded * band.element_size()))
+    path = np.empty((batch, n_frames), dtype=np.int64)
     # no autograd bookkeeping in the loop: a tenth of the time of each small operation
     with torch.inference_mode():
-        scores = _forward(obs, band, log_init, tiny)
-    path = _backtrack(scores.cpu().numpy(), band.T.contiguous().cpu().numpy(), reach)
+        scores = torch.empty((batch, min(seg, n_frames), padded), dtype=dtype, device=device)
+        if n_frames <= seg:
+            _forward(obs, band, log_init, tiny, scores, 0)
+            path[:] = _backtrack(scores.cpu().numpy(), band_host, reach)
+            return torch.from_numpy(path).to(device).reshape(*lead, n_frames)
+        # Segments share their boundary frame: segment k holds frames starts[k] ..
+        # starts[k + 1]. A first pass keeps only each segment's first row; the back-tracking
+        # then recomputes the segments last to first from those rows (twice the forward
+        # time, memory bounded by `seg` frames).
+        starts = list(range(0, n_frames - 1, seg - 1)) + [n_frames - 1]
+        first_rows = []
+        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+            if k:  # the previous segment's last frame is this one's first
+                scores[:, 0] = scores[:, a - starts[k - 1]]
+                first_rows.append(scores[:, 0].clone())
+            _forward(obs, band, log_init if k == 0 else None, tiny, scores[:, : b - a + 1], a)
+        last = None
+        for k in range(len(starts) - 2, -1, -1):
+            a, b = starts[k], starts[k + 1]
+            if k < len(starts) - 2:  # the last segment is still in the buffer
+                if k:
+                    scores[:, 0] = first_rows[k - 1]
+                _forward(obs, band, log_init if k == 0 else None, tiny, scores[:, : b - a + 1], a)
+            path[:, a : b + 1] = _backtrack(scores[:, : b - a + 1].cpu().numpy(), band_host, reach, last)
+            last = path[:, a]
     return torch.from_numpy(path).to(device).reshape(*lead, n_frames)
 
 
-def _forward(obs: torch.Tensor, band: torch.Tensor, log_init: torch.Tensor, tiny: float) -> torch.Tensor:
-    """Scores of every frame and state, ``(batch, frames, states + 2 reach)``: the states
-    padded with -inf by ``reach`` on both sides, so that a sliding window of the band's
-    width over a frame sees every source of each target."""
-    batch, n_frames, n_states = obs.shape
+def _forward(
+    obs: torch.Tensor, band: torch.Tensor, log_init: torch.Tensor | None, tiny: float, scores: torch.Tensor, first: int
+) -> None:
+    """Fill ``scores (batch, m, states + 2 reach)`` with the scores of frames ``first ..
+    first + m - 1``: the states padded with -inf by ``reach`` on both sides, so that a
+    sliding window of the band's width over a frame sees every source of each target. Row
+    0 starts from ``log_init`` when given, else it must hold frame ``first`` already."""
+    n_states = obs.shape[-1]
+    n_frames = scores.shape[1]
     width = band.shape[0]
     reach = width // 2
-    scores = torch.empty((batch, n_frames, n_states + 2 * reach), dtype=band.dtype, device=band.device)
     scores[..., :reach] = -torch.inf
     scores[..., reach + n_states :] = -torch.inf
-    candidates = torch.empty((batch, width, n_states), dtype=band.dtype, device=band.device)
-    best = torch.empty((batch, n_states), dtype=band.dtype, device=band.device)
+    candidates = torch.empty((scores.shape[0], width, n_states), dtype=band.dtype, device=band.device)
+    best = torch.empty((scores.shape[0], n_states), dtype=band.dtype, device=band.device)
     add, amax = torch.add, torch.amax  # looked up once: the loop runs once per frame
     for start in range(0, n_frames, BLOCK):
         stop = min(start + BLOCK, n_frames)
         # the frames' log-observations first (the log in the observations' own dtype, as
         # librosa); each step then adds the best transition into its row
-        scores[:, start:stop, reach : reach + n_states] = torch.log(obs[:, start:stop] + tiny)
-        if start == 0:
+        low = start if start or log_init is not None else 1
+        interior = scores[:, low:stop, reach : reach + n_states]
+        interior.copy_(torch.log(obs[:, first + low : first + stop] + tiny))
+        if start == 0 and log_init is not None:
             scores[:, 0, reach : reach + n_states] += log_init
-        # rows[i]: frame first + i; windows[i][b, d, j]: its score of source j + d - reach
-        first = max(start - 1, 0)
-        rows = scores[:, first:stop, reach : reach + n_states].unbind(1)
-        windows = scores[:, first:stop].unfold(-1, width, 1).transpose(-1, -2).unbind(1)
+        # rows[i]: frame start - 1 + i; windows[i][b, d, j]: its score of source j + d - reach
+        before = max(start - 1, 0)
+        rows = scores[:, before:stop, reach : reach + n_states].unbind(1)
+        windows = scores[:, before:stop].unfold(-1, width, 1).transpose(-1, -2).unbind(1)
         for window, row in zip(windows[:-1], rows[1:], strict=True):
             add(window, band, out=candidates)
             amax(candidates, dim=1, out=best)
             row.add_(best)
-    return scores
 
 
-def _backtrack(scores: np.ndarray, band: np.ndarray, reach: int) -> np.ndarray:
+def _backtrack(scores: np.ndarray, band: np.ndarray, reach: int, last: np.ndarray | None = None) -> np.ndarray:
     """States of the best path from the padded scores ``(batch, frames, states + 2 reach)``
     and the band ``(states, 2 reach + 1)`` (``band[j, d]``: log-probability of source
-    ``j + d - reach`` to ``j``): the last state is the best final score, each earlier one
-    the first best source of the next (librosa's tie rule). A few sequences are chased
+    ``j + d - reach`` to ``j``): the last state is ``last`` (default: the best final
+    score), each earlier one the first best source of the next (librosa's tie rule). A few sequences are chased
     one by one (slices are the cheapest numpy operations); more, as one batch per frame."""
     batch, n_frames, padded = scores.shape
     width = band.shape[1]
     path = np.empty((batch, n_frames), dtype=np.int64)
-    path[:, -1] = scores[:, -1, reach : padded - reach].argmax(axis=-1)
+    path[:, -1] = scores[:, -1, reach : padded - reach].argmax(axis=-1) if last is None else last
     if batch <= _LANES_ONE_BY_ONE:
         for b in range(batch):
             lane, state = scores[b], int(path[b, -1])
