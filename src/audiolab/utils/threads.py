@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from audiolab.utils.memory import keep_freed_memory
+
 
 def limit_threads(n: int = 1) -> None:
     """At most ``n`` threads in this process for torch and, where threadpoolctl is
@@ -21,8 +23,6 @@ def evaluation_worker(n: int = 1) -> None:
     """Initializer of evaluation worker processes: :func:`limit_threads`, and an allocator
     that keeps freed memory (:func:`~audiolab.utils.memory.keep_freed_memory`), as each
     track's scoring allocates and frees the same large buffers again."""
-    from audiolab.utils.memory import keep_freed_memory
-
     limit_threads(n)
     keep_freed_memory()
 
