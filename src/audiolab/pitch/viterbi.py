@@ -120,34 +120,39 @@ def viterbi(
     band_host = band.T.contiguous().cpu().numpy()
     # frames whose scores are held at once; longer inputs are decoded in segments
     seg = max(2, _SCORES_BYTES // (batch * padded * band.element_size()))
-    path = np.empty((batch, n_frames), dtype=np.int64)
     # no autograd bookkeeping in the loop: a tenth of the time of each small operation
     with torch.inference_mode():
         scores = torch.empty((batch, min(seg, n_frames), padded), dtype=dtype, device=device)
         if n_frames <= seg:
             _forward(obs, band, log_init, tiny, scores, 0)
-            path[:] = _backtrack(scores.cpu().numpy(), band_host, reach)
+            path = _backtrack(scores.cpu().numpy(), band_host, reach)
             return torch.from_numpy(path).to(device).reshape(*lead, n_frames)
         # Segments share their boundary frame: segment k holds frames starts[k] ..
         # starts[k + 1]. A first pass keeps only each segment's first row; the back-tracking
         # then recomputes the segments last to first from those rows (twice the forward
         # time, memory bounded by `seg` frames).
         starts = list(range(0, n_frames - 1, seg - 1)) + [n_frames - 1]
-        first_rows = []
-        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
-            if k:  # the previous segment's last frame is this one's first
-                scores[:, 0] = scores[:, a - starts[k - 1]]
-                first_rows.append(scores[:, 0].clone())
-            _forward(obs, band, log_init if k == 0 else None, tiny, scores[:, : b - a + 1], a)
-        last = None
-        for k in range(len(starts) - 2, -1, -1):
+        n_segments = len(starts) - 1
+        first_rows: list[torch.Tensor | None] = [None]  # segment 0 starts from log_init
+
+        def fill(k: int) -> torch.Tensor:
             a, b = starts[k], starts[k + 1]
-            if k < len(starts) - 2:  # the last segment is still in the buffer
-                if k:
-                    scores[:, 0] = first_rows[k - 1]
-                _forward(obs, band, log_init if k == 0 else None, tiny, scores[:, : b - a + 1], a)
-            path[:, a : b + 1] = _backtrack(scores[:, : b - a + 1].cpu().numpy(), band_host, reach, last)
-            last = path[:, a]
+            if k:
+                scores[:, 0] = first_rows[k]
+            _forward(obs, band, None if k else log_init, tiny, scores[:, : b - a + 1], a)
+            return scores[:, : b - a + 1]
+
+        for k in range(n_segments):
+            if k:  # the previous segment's last frame
+                first_rows.append(scores[:, starts[k] - starts[k - 1]].clone())
+            fill(k)
+        path = np.empty((batch, n_frames), dtype=np.int64)
+        last = None
+        for k in range(n_segments - 1, -1, -1):
+            # the last segment is still in the buffer
+            segment = fill(k) if k < n_segments - 1 else scores[:, : starts[k + 1] - starts[k] + 1]
+            path[:, starts[k] : starts[k + 1] + 1] = _backtrack(segment.cpu().numpy(), band_host, reach, last)
+            last = path[:, starts[k]]
     return torch.from_numpy(path).to(device).reshape(*lead, n_frames)
 
 
