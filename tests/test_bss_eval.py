@@ -251,11 +251,8 @@ def test_four_real_stems_match_museval(real_stems) -> None:
     assert_same_scores(bss_eval_v4(refs, ests), museval_v4(refs, ests, SR, SR))
 
 
-def test_ill_conditioned_references_get_a_stable_projection() -> None:
-    """References without a noise floor (a few sinusoids each: the delayed copies span a
-    handful of dimensions) make museval's solve return rounding noise. audiolab warns, keeps
-    SDR exactly (it needs no projection), and gives ISR/SIR/SAR that a one-ulp change of the
-    references does not move."""
+def tone_case() -> tuple[np.ndarray, np.ndarray]:
+    """2 stereo sources of a few sinusoids each, and estimates with cross-talk and noise."""
     t = np.arange(2 * SR) / SR
 
     def tones(*freqs: float) -> np.ndarray:
@@ -264,7 +261,15 @@ def test_ill_conditioned_references_get_a_stable_projection() -> None:
     refs = np.stack(
         [np.stack([tones(110, 220), tones(110, 330)], 1), np.stack([tones(440, 660)] * 2, 1)]
     )
-    ests = refs + 0.3 * refs[::-1] + 0.01 * np.random.default_rng(0).standard_normal(refs.shape)
+    return refs, refs + 0.3 * refs[::-1] + 0.01 * np.random.default_rng(0).standard_normal(refs.shape)
+
+
+def test_ill_conditioned_references_get_a_stable_projection() -> None:
+    """References without a noise floor (a few sinusoids each: the delayed copies span a
+    handful of dimensions) make museval's solve return rounding noise. audiolab warns, keeps
+    SDR exactly (it needs no projection), and gives ISR/SIR/SAR that a one-ulp change of the
+    references does not move."""
+    refs, ests = tone_case()
     with pytest.warns(RuntimeWarning, match="singular to working precision"):
         ours = bss_eval_v4(refs, ests)
     with warnings.catch_warnings():
@@ -277,11 +282,13 @@ def test_ill_conditioned_references_get_a_stable_projection() -> None:
     np.testing.assert_allclose(ours["sdr"].numpy(), theirs["sdr"], atol=1e-9)
 
 
-def test_block_toeplitz_cholesky_matches_dense() -> None:
+@pytest.mark.parametrize("n_lag", [24, 23])
+def test_block_toeplitz_cholesky_matches_dense(n_lag: int) -> None:
     """The Schur recursion's factor of a block Toeplitz Gram matrix (from real-looking
-    correlated, coloured signals) against the dense Cholesky factor."""
+    correlated, coloured signals) against the dense Cholesky factor; an even number of lags
+    runs in pairs of lags, an odd one one lag a step."""
     gen = torch.Generator().manual_seed(0)
-    n_lag, p = 24, 3
+    p = 3
     x = torch.randn(p, 4000, generator=gen, dtype=torch.float64)
     x = torch.cumsum(x, dim=1) * 0.1 + x  # coloured
     x[1] += 0.8 * x[0]  # correlated channels
@@ -347,4 +354,24 @@ def test_threads_setting_is_restored() -> None:
     refs, ests = random_case("noisy")
     before = torch.get_num_threads()
     bss_eval_v4(refs[:, :SR], ests[:, :SR], num_threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_two_threads_factorise_alongside_with_the_same_scores(monkeypatch) -> None:
+    """On 2+ threads the factorisation runs in a helper thread while the estimates' spectra
+    are taken: the same numbers as on one thread, torch's thread setting restored, the
+    ridge warning raised to the caller, and an error in the helper too."""
+    refs, ests = random_case("mixed", seed=3)
+    before = torch.get_num_threads()
+    one = bss_eval_v4(refs, ests, num_threads=1)
+    two = bss_eval_v4(refs, ests, num_threads=2)
+    assert torch.get_num_threads() == before
+    for name in METRICS:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-9)
+    refs, ests = tone_case()
+    with pytest.warns(RuntimeWarning, match="singular to working precision"):
+        bss_eval_v4(refs, ests, num_threads=2)
+    monkeypatch.setattr(bss_eval, "_RIDGES", (1e-30,))
+    with pytest.raises(ValueError, match="stays singular"):
+        bss_eval_v4(refs, ests, num_threads=2)
     assert torch.get_num_threads() == before
