@@ -640,13 +640,15 @@ def _filter_spectra(
     """The filters as ``(F, P_ref, 2 Q_est)`` matrices (``(F, P, Q)`` for one source, where
     the two coincide): on all references (museval's s_true + e_spat + e_interf) and, block
     diagonal, on the own reference (s_true + e_spat); one batched matmul gives both."""
-    filt = torch.fft.rfft(c_all, n=n_fft, dim=0)  # (F, P, Q)
     if n_src == 1:
-        return filt
-    n_freq, p, n_chan = filt.shape[0], filt.shape[1], c_own.shape[-1]
-    own = torch.fft.rfft(c_own, n=n_fft, dim=0).reshape(n_freq, n_src, n_chan, n_chan)
-    own = torch.diag_embed(own.permute(0, 2, 3, 1))  # (F, C_in, C_out, S, S)
-    return torch.cat([filt, own.permute(0, 3, 1, 4, 2).reshape(n_freq, p, p)], dim=-1)
+        return torch.fft.rfft(c_all, n=n_fft, dim=0)  # (F, P, Q)
+    filter_len, p, n_chan = c_own.shape
+    taps = c_all.new_zeros(filter_len, p, 2 * p)
+    taps[..., :p] = c_all
+    # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
+    own = taps[..., p:].unflatten(-1, (n_src, n_chan)).unflatten(1, (n_src, n_chan))
+    torch.diagonal(own, 0, 1, 3).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(0, 2, 3, 1))
+    return torch.fft.rfft(taps, n=n_fft, dim=0)
 
 
 def _frame_energies(
