@@ -221,7 +221,7 @@ def _boundary_correlations(
     k = sum(x.shape[0] * x.shape[1] for x in signals)
     if not bounds:
         return signals[0].new_zeros(2 * lag + 1, p, k)
-    n_fft = 1 << (3 * lag).bit_length()  # segments of 2 lag samples: wanted lags never wrap
+    n_fft = _next_fast_len(3 * lag + 1)  # segments of 2 lag samples: wanted lags never wrap
     idx = torch.tensor(bounds, device=signals[0].device)[:, None]
     idx = idx + torch.arange(-lag, lag, device=idx.device)
     # (2, K, B, n_fft): lag samples before each boundary (zeros after), and lag after it
