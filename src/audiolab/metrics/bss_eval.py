@@ -284,12 +284,14 @@ def _block_toeplitz_cholesky(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.
         # triangular; that block is Q^T l_u^T u_k (as v_k = K u_k), so Q comes first.
         q, _ = torch.linalg.qr(l_u.mT @ u_k)
         to_u = q.mT @ torch.linalg.solve_triangular(l_u, eye, upper=False)
-        u_new = r[:, k, :, k * p :]
-        torch.baddbmm(to_u @ u, to_u @ refl.mT, v, alpha=-1, out=u_new)
+        # (products accumulated in place: baddbmm copies its input first, and writes a
+        # strided output through a copy too)
+        u_new = (to_u @ u).baddbmm_(to_u @ refl.mT, v, alpha=-1)
+        r[:, k, :, k * p :] = u_new
         # Mixed form: v' = l_v^-1 (v - K u) = l_v^T v - l_v^-1 K (u - K^T v), and
         # u - K^T v = l_u Q u_new.
         from_u = torch.linalg.solve_triangular(l_v, refl @ l_u @ q, upper=False)
-        v = torch.baddbmm(l_v.mT @ v, from_u, u_new, alpha=-1)[:, :, p:]
+        v = (l_v.mT @ v).baddbmm_(from_u, u_new, alpha=-1)[:, :, p:]
     ok = ~failed & torch.isfinite(r[:, -1, :, -p:]).all(dim=(-2, -1))
     return r.reshape(bsz, n_blk * p, n_blk * p), ok
 
