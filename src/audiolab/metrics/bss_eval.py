@@ -513,25 +513,25 @@ def _bss_eval_v4(references, estimates, window, hop, filter_len, device) -> dict
     # The factorisation needs only the references' correlations: on 2+ CPU threads it runs
     # on one of them while the estimates' spectra are taken on another (its hundreds of tiny
     # sequential ops would gain nothing from more; the two take about as long).
-    overlap = refs.device.type == "cpu" and torch.get_num_threads() > 1
     threads = torch.get_num_threads()
+    overlap = refs.device.type == "cpu" and threads > 1
     factor = []
-    with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
+    try:  # the helper is joined before the thread setting is restored
+        with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
 
-        def refs_ready(r_refs: torch.Tensor) -> None:
-            if pool is None:
-                factor.append(_factor_references(r_refs, signals[0], filter_len))
-            else:
-                torch.set_num_threads(1)  # one thread each (restored below)
-                factor.append(pool.submit(_factor_references, r_refs, signals[0], filter_len))
+            def refs_ready(r_refs: torch.Tensor) -> None:
+                if pool is None:
+                    factor.append(_factor_references(r_refs, signals[0], filter_len))
+                else:
+                    torch.set_num_threads(1)  # one thread each
+                    factor.append(pool.submit(_factor_references, r_refs, signals[0], filter_len))
 
-        try:
             r, spec = _track_correlations(
                 signals, starts, win_len, n_fft, filter_len - 1, refs_ready, early=overlap
             )
             factored = factor[0] if pool is None else factor[0].result()
-        finally:
-            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
     c_all, c_own = _distortion_filters(factored, r, n_src, filter_len)
     with record_function("bss_eval.energies"):
         e_dist, e_spat, e_interf, e_artif, e_true, e_target, e_image = _frame_energies(
