@@ -65,6 +65,10 @@ _CORR_TILE = 32768
 _MAX_SPEC_ELEMS = 2**26
 _FFT_ELEMS = 2**20
 _CHUNK_ELEMS = 2**17
+# Most torch threads with which the factorisation runs alongside the estimates' spectra (each
+# then on one thread: torch's thread setting is per process). With more, taking the spectra on
+# all of them and then factorising should be as fast (measured only on 2 cores here).
+_OVERLAP_MAX_THREADS = 4
 # Samples between those looked at first by the silence test.
 _SILENCE_STRIDE = 97
 
@@ -487,9 +491,9 @@ def bss_eval_v4(
     torch's setting. One by default: most of the work is many mid-sized ops, where OpenMP
     fork/join costs more than it saves on a few cores and collapses when they are shared
     (measured 3-5x slower with 2 threads on 2 busy cores); evaluate tracks in parallel
-    processes instead. With 2 or more (one track on an otherwise idle machine), the
+    processes instead. With 2 to 4 (one track on an otherwise idle machine), the
     factorisation of the filter systems runs on a helper thread while the estimates' spectra
-    are taken on the calling one (1.7x faster than one thread on 2 idle cores, measured)."""
+    are taken on the calling one (1.5-1.7x faster than one thread on 2 idle cores, measured)."""
     device = next((x.device for x in (references, estimates) if torch.is_tensor(x)), None)
     with _torch_threads(num_threads, device or torch.device("cpu")):
         return _bss_eval_v4(references, estimates, window, hop, filter_len, device)
@@ -514,7 +518,7 @@ def _bss_eval_v4(references, estimates, window, hop, filter_len, device) -> dict
     # on one of them while the estimates' spectra are taken on another (its hundreds of tiny
     # sequential ops would gain nothing from more; the two take about as long).
     threads = torch.get_num_threads()
-    overlap = refs.device.type == "cpu" and threads > 1
+    overlap = refs.device.type == "cpu" and 1 < threads <= _OVERLAP_MAX_THREADS
     factor = []
     try:  # the helper is joined before the thread setting is restored
         with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
