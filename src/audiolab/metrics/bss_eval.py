@@ -646,17 +646,17 @@ def _filter_spectra(
     """The filters as ``(F, P_ref, 2 Q_est)`` matrices (``(F, P, Q)`` for one source, where
     the two coincide): on all references (museval's s_true + e_spat + e_interf) and, block
     diagonal, on the own reference (s_true + e_spat); one batched matmul gives both."""
-    # frequency-major and contiguous (rfft along dim 0 returns it frequency-minor): the
-    # energies' batched matmuls read one matrix per frequency
+    # (rfft along dim 0 returns them frequency-minor: the energies take each chunk of
+    # frequencies contiguous, for their batched matmuls, rather than all at once)
     if n_src == 1:
-        return torch.fft.rfft(c_all, n=n_fft, dim=0).contiguous()  # (F, P, Q)
+        return torch.fft.rfft(c_all, n=n_fft, dim=0)  # (F, P, Q)
     filter_len, p, n_chan = c_own.shape
     taps = c_all.new_zeros(filter_len, p, 2 * p)
     taps[..., :p] = c_all
     # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
     own = taps[..., p:].unflatten(-1, (n_src, n_chan)).unflatten(1, (n_src, n_chan))
     torch.diagonal(own, 0, 1, 3).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(0, 2, 3, 1))
-    return torch.fft.rfft(taps, n=n_fft, dim=0).contiguous()
+    return torch.fft.rfft(taps, n=n_fft, dim=0)
 
 
 def _frame_energies(
@@ -718,7 +718,8 @@ def _frame_energies(
             group = group.unflatten(-1, (2, p)).movedim(-2, 0)
         f_step = max(1, _CHUNK_ELEMS // (2 * p * (t1 - t0)))
         for f0 in range(0, n_freq, f_step):
-            total[t0:t1] += 2 * energies(group[:, f0 : f0 + f_step], filt[f0 : f0 + f_step])
+            h = filt[f0 : f0 + f_step].contiguous()  # one matrix per frequency, for the matmul
+            total[t0:t1] += 2 * energies(group[:, f0 : f0 + f_step], h)
         total[t0:t1] -= energies(group[:, edges], filt[edges])
     total /= n_fft
     total = torch.cat([samples[:, :1], total[:, :3], samples[:, 1:], total[:, 3:]], dim=1)
