@@ -514,7 +514,7 @@ def _bss_eval_v4(references, estimates, window, hop, filter_len, device) -> dict
     # (S, C, N) views of museval's (S, N, C) layout: no copy of the tracks is made.
     signals = [refs.transpose(1, 2), ests.transpose(1, 2)]
     n_fft = _next_fast_len(win_len + filter_len - 1)  # neither convolution nor correlation wraps
-    # The factorisation needs only the references' correlations: on 2+ CPU threads it runs
+    # The factorisation needs only the references' correlations: on 2-4 CPU threads it runs
     # on one of them while the estimates' spectra are taken on another (its hundreds of tiny
     # sequential ops would gain nothing from more; the two take about as long).
     threads = torch.get_num_threads()
