@@ -625,7 +625,8 @@ def _track_correlations(
             refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
         with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[1], signals[1:], tiles, tile_len, tile_fft)
-            accs += _cross_spectra(spec[0], *spec[int(early) :])
+            # with the references' own cross-spectra too, unless taken above already
+            accs += _cross_spectra(spec[0], spec[1]) if early else _cross_spectra(spec[0], spec[0], spec[1])
         if not early:
             refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
         return _lags(accs[-1], tile_fft, lag) + boundary[..., p:], spec
@@ -679,7 +680,7 @@ def _frame_energies(
     # ||estimate - reference||^2 and ||reference||^2 per frame and channel, (T, 2, P)
     samples = filt.real.new_empty(len(starts), 2, p)
     frames = [_frames(x, starts, win_len) for x in signals]  # (S, C, T, W)
-    step = max(1, _FFT_ELEMS // (p * win_len))
+    step = max(1, _FFT_ELEMS // (p * win_len))  # frames a pass, as many as an FFT call takes
     for t0 in range(0, len(starts), step):
         ref, est = (x[:, :, t0 : t0 + step] for x in frames)
         diff = est - ref
