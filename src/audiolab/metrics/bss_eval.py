@@ -41,9 +41,10 @@ projection) is museval's.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
@@ -51,7 +52,9 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-__all__ = ["bss_eval_v4"]
+from audiolab.utils.memory import Lease, ScratchPool
+
+__all__ = ["bss_eval_v4", "release_buffers"]
 
 # museval adds numpy's float eps (an absolute number, not relative) to the Gram diagonal.
 _EPS = float(np.finfo(np.float64).eps)
@@ -71,6 +74,15 @@ _CHUNK_ELEMS = 2**17
 _OVERLAP_MAX_THREADS = 4
 # Samples between those looked at first by the silence test.
 _SILENCE_STRIDE = 97
+# The frame spectra and the Schur factors (0.6 GB for a 60-s 4-target track) are kept from
+# one call to the next: mapped afresh, their page faults cost about a fifth of a call.
+_SCRATCH = ScratchPool()
+
+
+def release_buffers() -> None:
+    """Unmap the scratch buffers :func:`bss_eval_v4` keeps between calls (on Linux the
+    kernel takes their pages back by itself when memory runs short)."""
+    _SCRATCH.clear()
 
 
 @contextmanager
@@ -182,15 +194,31 @@ def _fill_spectra(
             out[f0 : f0 + f_step, t0 : t0 + len(part)] = spec[..., f0 : f0 + f_step].permute(2, 0, 1)
 
 
-def _cross_spectra(x: torch.Tensor, *ys: torch.Tensor) -> list[torch.Tensor]:
+def _cross_spectra(
+    x: torch.Tensor, *ys: torch.Tensor, helper: ThreadPoolExecutor | None = None
+) -> list[torch.Tensor]:
     """``sum_t conj(x_t)^T y_t``, ``(F, Kx, Ky)``, of frequency-major spectra ``x (F, T, Kx)``
-    and each ``y (F, T, Ky)``, in one pass of frequency chunks that stay in cache."""
+    and each ``y (F, T, Ky)``, in one pass of frequency chunks that stay in cache; with
+    ``helper``, its thread takes chunks too once done with the tasks before."""
     accs = [x.new_empty(x.shape[0], x.shape[-1], y.shape[-1]) for y in ys]
     f_step = max(1, _CHUNK_ELEMS // (x.shape[1] * (x.shape[-1] + sum(y.shape[-1] for y in ys))))
-    for f0 in range(0, x.shape[0], f_step):
-        xh = x[f0 : f0 + f_step].mH
-        for y, acc in zip(ys, accs, strict=True):
-            torch.matmul(xh, y[f0 : f0 + f_step], out=acc[f0 : f0 + f_step])
+    chunks = iter(range(0, x.shape[0], f_step))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                f0 = next(chunks, None)
+            if f0 is None:
+                return
+            xh = x[f0 : f0 + f_step].mH
+            for y, acc in zip(ys, accs, strict=True):
+                torch.matmul(xh, y[f0 : f0 + f_step], out=acc[f0 : f0 + f_step])
+
+    shared = None if helper is None else helper.submit(work)
+    work()
+    if shared is not None:
+        shared.result()
     return accs
 
 
@@ -246,12 +274,14 @@ def _boundary_correlations(
     return torch.cat([r[n_fft - lag :], r[: lag + 1]])
 
 
-def _block_toeplitz_cholesky(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_toeplitz_cholesky(
+    blocks: torch.Tensor, lease: Lease | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cholesky factor of symmetric positive definite block Toeplitz matrices by the block
     Schur algorithm.
 
     ``blocks (B, L, P, P)``: the first block row, ``T[a, a + k] = blocks[:, k]`` (so
-    ``T[a + k, a] = blocks[:, k].T``). Returns ``R (B, L P, L P)``, upper triangular with
+    ``T[a + k, a] = blocks[:, k].T``). Returns ``R (B, L P, L P)`` (from ``lease``, where given), upper triangular with
     ``R^T R = T``, and ``ok (B,)``: False where the recursion broke down (``T`` not positive
     definite to working precision; that ``R`` is garbage).
 
@@ -271,7 +301,11 @@ def _block_toeplitz_cholesky(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.
     failed = info != 0
     row = blocks.permute(0, 2, 1, 3).reshape(bsz, p, n_blk * p)
     # Only the upper triangle is written, and only it is read by the triangular solves.
-    r = torch.empty(bsz, n_blk, p, n_blk * p, dtype=blocks.dtype, device=blocks.device)
+    shape = (bsz, n_blk, p, n_blk * p)
+    if lease is None:
+        r = torch.empty(shape, dtype=blocks.dtype, device=blocks.device)
+    else:
+        r = lease.empty(shape, blocks.dtype, blocks.device)
     r[:, 0] = torch.linalg.solve_triangular(u0.mT, row, upper=False)
     v = r[:, 0, :, p:]  # the same row without its lag-0 block
     for k in range(1, n_blk):
@@ -330,7 +364,9 @@ def _dead_channels(x: torch.Tensor, energy: torch.Tensor, group: torch.Tensor) -
     return dead
 
 
-def _factorize(gamma: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _factorize(
+    gamma: torch.Tensor, dead: torch.Tensor, lease: Lease | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cholesky factors ``R (B, L P, L P)`` of ``G + eps I`` for block Toeplitz ``G`` (first
     block row ``gamma (B, L, P, P)``), with the ``dead (B, P)`` channels taken out (their rows
     and columns replaced by the identity: zero filters for zero right-hand sides), and the
@@ -343,7 +379,7 @@ def _factorize(gamma: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, t
     # The recursion is hundreds of tiny sequential ops: OpenMP fork/join per op would cost
     # far more than the arithmetic (250x slower measured, 2 threads on 2 busy cores).
     with _torch_threads(1, gamma.device), record_function("bss_eval.schur"):
-        chol, ok = _block_toeplitz_cholesky(gamma)
+        chol, ok = _block_toeplitz_cholesky(gamma, lease)
         energy = torch.diagonal(gamma[:, 0], dim1=-2, dim2=-1).amax(dim=-1)
         for ridge in _RIDGES:
             if bool(ok.all()):
@@ -381,7 +417,9 @@ class _Factor(NamedTuple):
     dead_own: torch.Tensor | None  # (P,) and of the own-reference systems (None: one source)
 
 
-def _factor_references(r: torch.Tensor, refs: torch.Tensor, filter_len: int) -> _Factor:
+def _factor_references(
+    r: torch.Tensor, refs: torch.Tensor, filter_len: int, lease: Lease | None = None
+) -> _Factor:
     """The least-squares systems of the distortion filters, factorised, from the
     correlations ``r (2 filter_len - 1, P, P)`` (lags ``-(filter_len - 1)..filter_len - 1``)
     of the reference channels ``refs (S, C, N)`` among themselves: all they need, so this can
@@ -396,7 +434,7 @@ def _factor_references(r: torch.Tensor, refs: torch.Tensor, filter_len: int) -> 
     if n_src == 1:
         # museval solves the identical system twice; it is solved once here, so SIR's zero
         # interference is exactly zero too.
-        chol, ridges = _factorize(gamma[None], dead_all[None])
+        chol, ridges = _factorize(gamma[None], dead_all[None], lease)
         return _Factor(chol, ridges, dead_all, None)
     # The own-reference systems are G with the other sources' blocks masked, factorised in one
     # batch with G; that factor is block diagonal too.
@@ -404,6 +442,7 @@ def _factor_references(r: torch.Tensor, refs: torch.Tensor, filter_len: int) -> 
     chol, ridges = _factorize(
         torch.stack([gamma, gamma * (source[:, None] == source[None, :])]),
         torch.stack([dead_all, dead_own]),
+        lease,
     )
     return _Factor(chol, ridges, dead_all, dead_own)
 
@@ -514,32 +553,9 @@ def _bss_eval_v4(references, estimates, window, hop, filter_len, device) -> dict
     # (S, C, N) views of museval's (S, N, C) layout: no copy of the tracks is made.
     signals = [refs.transpose(1, 2), ests.transpose(1, 2)]
     n_fft = _next_fast_len(win_len + filter_len - 1)  # neither convolution nor correlation wraps
-    # The factorisation needs only the references' correlations: on 2-4 CPU threads it runs
-    # on one of them while the estimates' spectra are taken on another (its hundreds of tiny
-    # sequential ops would gain nothing from more; the two take about as long).
-    threads = torch.get_num_threads()
-    overlap = refs.device.type == "cpu" and 1 < threads <= _OVERLAP_MAX_THREADS
-    factor = []
-    try:  # the helper is joined before the thread setting is restored
-        with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
-
-            def refs_ready(r_refs: torch.Tensor) -> None:
-                if pool is None:
-                    factor.append(_factor_references(r_refs, signals[0], filter_len))
-                else:
-                    torch.set_num_threads(1)  # one thread each
-                    factor.append(pool.submit(_factor_references, r_refs, signals[0], filter_len))
-
-            r, spec = _track_correlations(
-                signals, starts, win_len, n_fft, filter_len - 1, refs_ready, early=overlap
-            )
-            factored = factor[0] if pool is None else factor[0].result()
-    finally:
-        torch.set_num_threads(threads)
-    c_all, c_own = _distortion_filters(factored, r, n_src, filter_len)
-    with record_function("bss_eval.energies"):
-        e_dist, e_spat, e_interf, e_artif, e_true, e_target, e_image = _frame_energies(
-            signals, spec, _filter_spectra(c_all, c_own, n_fft, n_src), starts, win_len, n_fft
+    with _SCRATCH.lease() as lease:  # the spectra and factors: valid until the energies are in
+        e_dist, e_spat, e_interf, e_artif, e_true, e_target, e_image = _metric_energies(
+            signals, starts, win_len, n_fft, filter_len, lease
         )
     out = {
         "sdr": _safe_db(e_true, e_dist),
@@ -549,6 +565,52 @@ def _bss_eval_v4(references, estimates, window, hop, filter_len, device) -> dict
     }
     # NaN in frames where some reference or estimate is silent, as in museval
     return {k: torch.where(silent[:, None], torch.nan, v).T.contiguous() for k, v in out.items()}
+
+
+def _metric_energies(
+    signals: list[torch.Tensor],
+    starts: list[int],
+    win_len: int,
+    n_fft: int,
+    filter_len: int,
+    lease: Lease,
+) -> torch.Tensor:
+    """The energies of :func:`_frame_energies` (``(7, T, S)``), from the references and
+    estimates ``signals`` (``(S, C, N)`` each), with the large buffers from ``lease``."""
+    n_src = signals[0].shape[0]
+    # The factorisation needs only the references' correlations: on 2-4 CPU threads it runs
+    # on one of them while the estimates' spectra are taken on another (its hundreds of tiny
+    # sequential ops would gain nothing from more; the two take about as long).
+    threads = torch.get_num_threads()
+    overlap = signals[0].device.type == "cpu" and 1 < threads <= _OVERLAP_MAX_THREADS
+    # Then it sums the frames' squares in the time domain, and shares the last cross-spectra.
+    later: list[Future] = []
+    try:  # the helper is joined before the thread setting is restored
+        with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
+
+            def run(fn: Callable, *args) -> None:
+                if pool is None:
+                    later.append(Future())
+                    later[-1].set_result(fn(*args))
+                else:
+                    later.append(pool.submit(fn, *args))
+
+            def refs_ready(r_refs: torch.Tensor) -> None:
+                if pool is not None:
+                    torch.set_num_threads(1)  # one thread each
+                run(_factor_references, r_refs, signals[0], filter_len, lease)
+                run(_sample_energies, signals, starts, win_len)
+
+            r, spec = _track_correlations(
+                signals, starts, win_len, n_fft, filter_len - 1, refs_ready, lease, pool
+            )
+            factored, samples = (f.result() for f in later)
+    finally:
+        torch.set_num_threads(threads)
+    c_all, c_own = _distortion_filters(factored, r, n_src, filter_len)
+    with record_function("bss_eval.energies"):
+        filt = _filter_spectra(c_all, c_own, n_fft, n_src, lease)
+        return _frame_energies(signals, spec, filt, samples, starts, win_len, n_fft)
 
 
 def _silent_frames(
@@ -593,7 +655,8 @@ def _track_correlations(
     n_fft: int,
     lag: int,
     refs_ready: Callable[[torch.Tensor], None],
-    early: bool = False,
+    lease: Lease | None = None,
+    helper: ThreadPoolExecutor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Whole-track correlations at lags ``-lag..lag`` (``signals``: references, estimates,
     ``(S, C, N)``), from the spectra of tiles plus a correction across tile boundaries:
@@ -602,8 +665,10 @@ def _track_correlations(
 
     Frames that tile the track (the default, hop == window) are the tiles, and their spectra
     ``(2, F, T, P)`` (references, estimates) come back too for the metrics (None otherwise, or
-    when they would not fit in memory); then, with ``early``, ``refs_ready`` is called before
-    the estimates' spectra are taken."""
+    when they would not fit in memory; from ``lease`` where given); then, with a ``helper``
+    (a thread), ``refs_ready`` is called before the estimates' spectra are taken, and the
+    helper shares the cross-spectra of the references with the estimates."""
+    early = helper is not None
     p = signals[0].shape[0] * signals[0].shape[1]
     n_samples = signals[0].shape[-1]
     tiled = win_len > lag and (len(starts) == 1 or starts[1] - starts[0] == win_len)
@@ -617,7 +682,11 @@ def _track_correlations(
         boundary = _boundary_correlations(signals, p, tiles[1:], lag)
     per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * (tile_fft // 2 + 1)))
     if tiled and per_group >= len(tiles):
-        spec = signals[0].new_empty(2, tile_fft // 2 + 1, len(tiles), p, dtype=torch.complex128)
+        shape = (2, tile_fft // 2 + 1, len(tiles), p)
+        if lease is None:
+            spec = signals[0].new_empty(shape, dtype=torch.complex128)
+        else:
+            spec = lease.empty(shape, torch.complex128, signals[0].device)
         with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[0], signals[:1], tiles, tile_len, tile_fft)
             accs = _cross_spectra(spec[0], spec[0]) if early else []
@@ -626,7 +695,10 @@ def _track_correlations(
         with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[1], signals[1:], tiles, tile_len, tile_fft)
             # with the references' own cross-spectra too, unless taken above already
-            accs += _cross_spectra(spec[0], spec[1]) if early else _cross_spectra(spec[0], spec[0], spec[1])
+            if early:
+                accs += _cross_spectra(spec[0], spec[1], helper=helper)
+            else:
+                accs += _cross_spectra(spec[0], spec[0], spec[1])
         if not early:
             refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
         return _lags(accs[-1], tile_fft, lag) + boundary[..., p:], spec
@@ -642,28 +714,54 @@ def _track_correlations(
 
 
 def _filter_spectra(
-    c_all: torch.Tensor, c_own: torch.Tensor, n_fft: int, n_src: int
+    c_all: torch.Tensor, c_own: torch.Tensor, n_fft: int, n_src: int, lease: Lease | None = None
 ) -> torch.Tensor:
     """The filters as ``(F, P_ref, 2 Q_est)`` matrices (``(F, P, Q)`` for one source, where
     the two coincide): on all references (museval's s_true + e_spat + e_interf) and, block
-    diagonal, on the own reference (s_true + e_spat); one batched matmul gives both."""
-    # (rfft along dim 0 returns them frequency-minor: the energies take each chunk of
-    # frequencies contiguous, for their batched matmuls, rather than all at once)
-    if n_src == 1:
-        return torch.fft.rfft(c_all, n=n_fft, dim=0)  # (F, P, Q)
+    diagonal, on the own reference (s_true + e_spat); one batched matmul gives both.
+
+    Frequency-minor (a view of ``(P, Q, F)``): the energies take each chunk of frequencies
+    contiguous, for their batched matmuls, rather than all at once."""
     filter_len, p, n_chan = c_own.shape
-    taps = c_all.new_zeros(filter_len, p, 2 * p)
-    taps[..., :p] = c_all
-    # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
-    own = taps[..., p:].unflatten(-1, (n_src, n_chan)).unflatten(1, (n_src, n_chan))
-    torch.diagonal(own, 0, 1, 3).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(0, 2, 3, 1))
-    return torch.fft.rfft(taps, n=n_fft, dim=0)
+    q = p if n_src == 1 else 2 * p
+    # tap-minor and zero-padded by hand: rfft's own padding along dim 0 is twice as slow
+    shape = (p, q, n_fft)
+    if lease is None:
+        taps = c_all.new_empty(shape)
+    else:
+        taps = lease.empty(shape, c_all.dtype, c_all.device)
+    taps[..., filter_len:] = 0
+    taps[:, :p, :filter_len] = c_all.permute(1, 2, 0)
+    if n_src > 1:
+        taps[:, p:, :filter_len] = 0
+        # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
+        own = taps[:, p:, :filter_len].unflatten(1, (n_src, n_chan)).unflatten(0, (n_src, n_chan))
+        torch.diagonal(own, 0, 0, 2).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(2, 3, 0, 1))
+    return torch.fft.rfft(taps).permute(2, 0, 1)
+
+
+def _sample_energies(signals: list[torch.Tensor], starts: list[int], win_len: int) -> torch.Tensor:
+    """``||estimate - reference||^2`` and ``||reference||^2`` per frame and channel,
+    ``(T, 2, P)``, summed over the samples (as museval does) of the references and estimates
+    ``signals`` (``(S, C, N)`` each)."""
+    n_src, n_chan = signals[0].shape[:2]
+    samples = signals[0].new_empty(len(starts), 2, n_src, n_chan)
+    # frames of museval's (S, N, C) layout, (S, T, W, C): each (W, C) frame is contiguous
+    frames = [_frames(x, starts, win_len).permute(0, 2, 3, 1) for x in signals]
+    step = max(1, _FFT_ELEMS // (n_src * n_chan * win_len))  # frames a pass
+    for t0 in range(0, len(starts), step):
+        ref, est = (x[:, t0 : t0 + step] for x in frames)
+        diff = est - ref
+        samples[t0 : t0 + step, 0] = (diff * diff).sum(dim=2).transpose(0, 1)
+        samples[t0 : t0 + step, 1] = (ref * ref).sum(dim=2).transpose(0, 1)
+    return samples.flatten(2)
 
 
 def _frame_energies(
     signals: list[torch.Tensor],
     spec: torch.Tensor | None,
     filt: torch.Tensor,
+    samples: torch.Tensor,
     starts: list[int],
     win_len: int,
     n_fft: int,
@@ -671,21 +769,12 @@ def _frame_energies(
     """Energies per frame and source, ``(7, T, S)``, of the parts of museval's decomposition
     (_bss_decomp_mtifilt): estimate - s_true (= e_spat + e_interf + e_artif), e_spat,
     e_interf, e_artif, s_true, s_true + e_spat + e_interf, s_true + e_spat. The first and
-    fifth need no projection and are summed over the samples, as museval does; the others by
+    fifth need no projection: ``samples``, from :func:`_sample_energies`; the others come by
     Parseval from the frames' spectra (``spec (2, F, T, P)``, references and estimates, or
     computed here group by group), in frequency chunks that stay in cache."""
     n_src, n_chan = signals[0].shape[:2]
     p = n_src * n_chan
     n_freq = n_fft // 2 + 1
-    # ||estimate - reference||^2 and ||reference||^2 per frame and channel, (T, 2, P)
-    samples = filt.real.new_empty(len(starts), 2, p)
-    frames = [_frames(x, starts, win_len) for x in signals]  # (S, C, T, W)
-    step = max(1, _FFT_ELEMS // (p * win_len))  # frames a pass, as many as an FFT call takes
-    for t0 in range(0, len(starts), step):
-        ref, est = (x[:, :, t0 : t0 + step] for x in frames)
-        diff = est - ref
-        samples[t0 : t0 + step, 0] = (diff * diff).sum(dim=-1).flatten(0, 1).T
-        samples[t0 : t0 + step, 1] = (ref * ref).sum(dim=-1).flatten(0, 1).T
 
     def energies(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Sums over the bins of ``z (2, F, T, P)`` (references, estimates) for the parts
