@@ -375,3 +375,30 @@ def test_two_threads_factorise_alongside_with_the_same_scores(monkeypatch) -> No
     with pytest.raises(ValueError, match="stays singular"):
         bss_eval_v4(refs, ests, num_threads=2)
     assert torch.get_num_threads() == before
+
+
+def test_scratch_buffers_reused_between_calls_change_nothing(monkeypatch) -> None:
+    """The spectra, filter and factor buffers kept from one call to the next: a call on a
+    pool whose buffers hold NaN from elsewhere gives exactly the numbers of a call on fresh
+    (zeroed) memory, whatever track came in between; release_buffers empties the pool."""
+    from audiolab.utils.memory import _POOLING, ScratchPool
+
+    if not _POOLING:
+        pytest.skip("ScratchPool keeps buffers only on Linux")
+    pool = ScratchPool(min_bytes=1)  # pool every buffer, however small the test track
+    monkeypatch.setattr(bss_eval, "_SCRATCH", pool)
+    refs, ests = random_case("mixed", seed=4)
+    first = bss_eval_v4(refs, ests, num_threads=2)
+    assert pool.kept_bytes() > 0
+    other = random_case("noisy", seed=5)
+    bss_eval_v4(other[0][:, : 3 * SR], other[1][:, : 3 * SR])
+    for buf in pool._free:  # whatever a buffer held before, it must be overwritten or unused
+        torch.frombuffer(buf, dtype=torch.float64).fill_(torch.nan)
+    again = bss_eval_v4(refs, ests, num_threads=2)
+    for name in METRICS:
+        assert torch.equal(again[name].nan_to_num(-1.0), first[name].nan_to_num(-1.0)), name
+    once = bss_eval_v4(refs, ests, num_threads=1)  # 1 thread: no helper, same numbers
+    for name in METRICS:
+        torch.testing.assert_close(once[name], first[name], rtol=0, atol=1e-9, equal_nan=True)
+    bss_eval.release_buffers()
+    assert pool.kept_bytes() == 0

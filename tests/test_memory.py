@@ -1,11 +1,17 @@
-"""The allocator policy for evaluation processes (audiolab.utils.memory)."""
+"""Memory for repeated large temporaries (audiolab.utils.memory): the allocator policy for
+evaluation processes, and the scratch pool of bss_eval."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 
 import pytest
+import torch
+
+from audiolab.utils import memory
+from audiolab.utils.memory import _POOLING, ScratchPool
 
 # Run in children: the policy changes the whole process. Each scores the same track three
 # times and prints the page faults of each call.
@@ -48,7 +54,91 @@ def test_keep_freed_memory_lets_repeated_calls_reuse_their_pages():
 
 
 def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
-    from audiolab.utils import memory
-
     monkeypatch.setattr(memory.sys, "platform", "darwin")
     assert memory.keep_freed_memory() is False
+
+
+# ---- ScratchPool: large scratch buffers kept from one call to the next
+
+def _touch_faults(t: torch.Tensor) -> int:
+    """Page faults taken while writing every element of ``t``."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t.fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+needs_pooling = pytest.mark.skipif(not _POOLING, reason="ScratchPool keeps buffers only on Linux")
+
+
+@needs_pooling
+def test_scratch_pool_hands_the_same_pages_to_the_next_call():
+    pool = ScratchPool(min_bytes=2**20)
+    with pool.lease() as lease:
+        first = lease.empty((1024, 8192), torch.float64)  # 64 MB
+        assert first.shape == (1024, 8192) and first.dtype == torch.float64
+        ptr = first.data_ptr()
+        cold = _touch_faults(first)
+        del first
+    assert pool.kept_bytes() >= 64 * 2**20
+    with pool.lease() as lease:
+        again = lease.empty((1000, 8192), torch.float64)  # smaller: the same buffer serves
+        assert again.data_ptr() == ptr
+        warm = _touch_faults(again)
+        again.copy_(torch.arange(again.numel(), dtype=torch.float64).view_as(again))
+        assert again[-1, -1].item() == again.numel() - 1
+        del again
+    # a fault per 4 KB page the first time (16384 pages); the pages are still there after
+    assert cold > 8000
+    assert warm < cold / 4
+    pool.clear()
+    assert pool.kept_bytes() == 0
+
+
+@needs_pooling
+def test_scratch_pool_leases_in_use_do_not_share_and_the_pool_stays_under_its_cap():
+    pool = ScratchPool(min_bytes=2**20, max_bytes=5 * 2**20)
+    a, b = pool.lease(), pool.lease()
+    x = a.empty((2**18,), torch.float64)  # 2 MB
+    y = b.empty((2**18,), torch.float64)
+    z = a.empty((2**18,), torch.float64)
+    ptrs = {x.data_ptr(), y.data_ptr(), z.data_ptr()}
+    assert len(ptrs) == 3
+    x.fill_(1), y.fill_(2), z.fill_(3)
+    assert (x.sum(), y.sum(), z.sum()) == (2**18, 2 * 2**18, 3 * 2**18)
+    del x, y, z
+    a.close()
+    b.close()
+    # three 2 MB buffers came back; two fit under the 5 MB cap
+    assert pool.kept_bytes() == 4 * 2**20
+    pool.clear()
+
+
+def test_scratch_pool_leaves_small_and_non_cpu_buffers_to_torch():
+    pool = ScratchPool(min_bytes=2**20)
+    with pool.lease() as lease:
+        small = lease.empty((16,), torch.float32)
+        assert small.shape == (16,)
+        meta = lease.empty((2**20,), torch.float64, device="meta")
+        assert meta.device.type == "meta"
+    assert pool.kept_bytes() == 0
+
+
+def test_scratch_pool_is_plain_torch_empty_without_madv_free(monkeypatch):
+    monkeypatch.setattr(memory, "_POOLING", False)
+    pool = ScratchPool(min_bytes=1)
+    with pool.lease() as lease:
+        t = lease.empty((2**20,), torch.float64)
+        t.fill_(1)
+    assert pool.kept_bytes() == 0
+
+
+@needs_pooling
+def test_clearing_the_pool_leaves_a_tensor_still_in_use_valid():
+    pool = ScratchPool(min_bytes=2**20)
+    lease = pool.lease()
+    t = lease.empty((2**19,), torch.float64)
+    t.fill_(5)
+    lease.close()
+    pool.clear()  # t still maps the buffer: it is unmapped when t goes
+    assert pool.kept_bytes() == 0
+    assert t.sum().item() == 5 * 2**19
