@@ -392,13 +392,15 @@ def test_scratch_buffers_reused_between_calls_change_nothing(monkeypatch) -> Non
     assert pool.kept_bytes() > 0
     other = random_case("noisy", seed=5)
     bss_eval_v4(other[0][:, : 3 * SR], other[1][:, : 3 * SR])
-    for buf in pool._free:  # whatever a buffer held before, it must be overwritten or unused
+    for buf in pool._free:  # whatever a buffer held before must be overwritten or unused
         torch.frombuffer(buf, dtype=torch.float64).fill_(torch.nan)
+    del buf  # (a reference left here would keep the pool from taking it back)
     again = bss_eval_v4(refs, ests, num_threads=2)
     for name in METRICS:
         assert torch.equal(again[name].nan_to_num(-1.0), first[name].nan_to_num(-1.0)), name
     once = bss_eval_v4(refs, ests, num_threads=1)  # 1 thread: no helper, same numbers
     for name in METRICS:
         torch.testing.assert_close(once[name], first[name], rtol=0, atol=1e-9, equal_nan=True)
+    assert pool.left_in_use == 0  # every buffer came back to the pool after each call
     bss_eval.release_buffers()
     assert pool.kept_bytes() == 0

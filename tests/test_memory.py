@@ -133,12 +133,20 @@ def test_scratch_pool_is_plain_torch_empty_without_madv_free(monkeypatch):
 
 
 @needs_pooling
-def test_clearing_the_pool_leaves_a_tensor_still_in_use_valid():
+def test_a_buffer_still_in_use_is_never_handed_out_again():
+    """A tensor that outlives its lease (or the pool's buffers) keeps its memory: the buffer
+    is not given to the next lease, and clearing the pool does not unmap it under it."""
     pool = ScratchPool(min_bytes=2**20)
     lease = pool.lease()
-    t = lease.empty((2**19,), torch.float64)
-    t.fill_(5)
+    kept = lease.empty((2**19,), torch.float64)[10:]  # a view holds the buffer too
+    kept.fill_(5)
     lease.close()
-    pool.clear()  # t still maps the buffer: it is unmapped when t goes
     assert pool.kept_bytes() == 0
-    assert t.sum().item() == 5 * 2**19
+    with pool.lease() as other:
+        fresh = other.empty((2**19,), torch.float64)
+        assert fresh.data_ptr() != kept.data_ptr() - 10 * 8
+        fresh.fill_(7)
+        del fresh
+    pool.clear()
+    assert pool.kept_bytes() == 0
+    assert kept.sum().item() == 5 * (2**19 - 10)

@@ -167,12 +167,21 @@ def _frames(x: torch.Tensor, starts: list[int], width: int) -> torch.Tensor:
 
 
 def _fill_spectra(
-    out: torch.Tensor, signals: list[torch.Tensor], starts: list[int], width: int, n_fft: int
+    out: torch.Tensor,
+    signals: list[torch.Tensor],
+    starts: list[int],
+    width: int,
+    n_fft: int,
+    lease: Lease | None = None,
 ) -> None:
     """Write into ``out (F, T, K)`` the frequency-major spectra of the frames
     ``x[..., s : s + width]`` (zeros past the end) of the ``(n, C, N)`` tensors in ``signals``,
     zero-padded to ``n_fft``; ``K`` runs over (tensor, n, C). Frequency-major, the batched
-    matmuls over frequencies read contiguous slices."""
+    matmuls over frequencies read contiguous slices. The FFTs' input buffer comes from
+    ``lease`` (None: a lease of its own, closed on return, when no tensor uses it any more)."""
+    if lease is None:
+        with _SCRATCH.lease() as lease:
+            return _fill_spectra(out, signals, starts, width, n_fft, lease)
     n = signals[0].shape[-1]
     n_rows = out.shape[-1]
     n_freq = n_fft // 2 + 1
@@ -180,28 +189,27 @@ def _fill_spectra(
     # reused from the heap by the next call, where a large one costs a page fault per page
     # (calls over 23 frames measured 2x slower); a fresh output beats ``out=`` (1.2-1.9x).
     step = min(len(starts), max(1, _FFT_ELEMS // (n_rows * n_freq)))
-    with _SCRATCH.lease() as lease:  # (a buffer kept from call to call: no page faults)
-        tiles = lease.empty((step, n_rows, n_fft), signals[0].dtype, signals[0].device)
-        for t0 in range(0, len(starts), step):
-            part = starts[t0 : t0 + step]
-            full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
-            # Padding by hand (rfft's own ``n=`` padding is markedly slower), zeroing only the pad.
-            row = 0
-            for x in signals:
-                view = tiles[: len(part), row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
-                row += x.shape[0] * x.shape[1]
-                if full:
-                    view[:full, ..., :width] = _frames(x, part[:full], width).permute(2, 0, 1, 3)
-                for t in range(full, len(part)):
-                    view[t, ..., : n - part[t]] = x[..., part[t] :]
-            tiles[:full, :, width:] = 0
+    tiles = lease.empty((step, n_rows, n_fft), signals[0].dtype, signals[0].device)
+    for t0 in range(0, len(starts), step):
+        part = starts[t0 : t0 + step]
+        full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
+        # Padding by hand (rfft's own ``n=`` padding is markedly slower), zeroing only the pad.
+        row = 0
+        for x in signals:
+            view = tiles[: len(part), row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
+            row += x.shape[0] * x.shape[1]
+            if full:
+                view[:full, ..., :width] = _frames(x, part[:full], width).permute(2, 0, 1, 3)
             for t in range(full, len(part)):
-                tiles[t, :, n - part[t] :] = 0
-            spec = torch.fft.rfft(tiles[: len(part)])
-            # to frequency-major in chunks that stay in cache (several times faster than at once)
-            f_step = max(1, _CHUNK_ELEMS // (len(part) * n_rows))
-            for f0 in range(0, n_freq, f_step):
-                out[f0 : f0 + f_step, t0 : t0 + len(part)] = spec[..., f0 : f0 + f_step].permute(2, 0, 1)
+                view[t, ..., : n - part[t]] = x[..., part[t] :]
+        tiles[:full, :, width:] = 0
+        for t in range(full, len(part)):
+            tiles[t, :, n - part[t] :] = 0
+        spec = torch.fft.rfft(tiles[: len(part)])
+        # to frequency-major in chunks that stay in cache (several times faster than at once)
+        f_step = max(1, _CHUNK_ELEMS // (len(part) * n_rows))
+        for f0 in range(0, n_freq, f_step):
+            out[f0 : f0 + f_step, t0 : t0 + len(part)] = spec[..., f0 : f0 + f_step].permute(2, 0, 1)
 
 
 def _cross_spectra(
@@ -252,13 +260,17 @@ def _lags(acc: torch.Tensor, n_fft: int, lag: int) -> torch.Tensor:
 
 
 def _boundary_correlations(
-    signals: list[torch.Tensor], p: int, bounds: list[int], lag: int
+    signals: list[torch.Tensor], p: int, bounds: list[int], lag: int, lease: Lease | None = None
 ) -> torch.Tensor:
     """The part of the correlations ``r[m, i, j] = sum_n y[i, n + m] y[j, n]`` (``y`` the
     channels of ``signals`` stacked as in :func:`_spectra`; lags ``m = -lag..lag``; rows ``i``
     among the first ``p``) that pairs samples on the two sides of a tile boundary, summed over
     the ``bounds`` (tiles at least ``lag`` long), as ``(2 lag + 1, p, K)``. Per-tile spectra
-    see only pairs inside one tile; this adds the rest."""
+    see only pairs inside one tile; this adds the rest. Scratch buffers come from ``lease``
+    (None: a lease of its own, closed on return, when no tensor uses them any more)."""
+    if lease is None:
+        with _SCRATCH.lease() as lease:
+            return _boundary_correlations(signals, p, bounds, lag, lease)
     n = signals[0].shape[-1]
     k = sum(x.shape[0] * x.shape[1] for x in signals)
     if not bounds:
@@ -267,29 +279,28 @@ def _boundary_correlations(
     # (2, K, B, n_fft): lag samples before each boundary (zeros after), and lag after it
     # (zeros before, and past the end of the track), zero-padded
     device = signals[0].device
-    with _SCRATCH.lease() as lease:  # (buffers kept from call to call: no page faults)
-        sides = _empty(lease, (2, k, len(bounds), n_fft), signals[0].dtype, device).zero_()
-        inside = sum(b + lag <= n for b in bounds)  # ascending: only the last ones can run past
-        row = 0
-        for x in signals:
-            rows = sides[:, row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
-            row += x.shape[0] * x.shape[1]
-            rows[0, ..., :lag] = _frames(x, [b - lag for b in bounds], lag)
-            if inside:
-                rows[1, ..., :inside, lag : 2 * lag] = _frames(x, bounds[:inside], lag)
-            for i in range(inside, len(bounds)):
-                rows[1, ..., i, lag : lag + n - bounds[i]] = x[..., bounds[i] :]
-        spec = torch.fft.rfft(sides)  # (2, K, B, F)
-        # frequency-major, (F, 2, K, B), by a 2-D transposing copy (torch does those in cache
-        # blocks: several times faster than a permuted copy of four dimensions)
-        n_freq = spec.shape[-1]
-        by_freq = _empty(lease, (n_freq, 2, k, len(bounds)), spec.dtype, device)
-        by_freq.view(n_freq, -1).copy_(spec.view(-1, n_freq).T)
-        before, after = by_freq.unbind(1)
-        # x before with y after, and x after with y before, summed over the boundaries
-        acc = torch.matmul(before[:, :p], after.mH).baddbmm_(after[:, :p], before.mH)
-        r = torch.fft.irfft(acc, n=n_fft, dim=0)
-        return torch.cat([r[n_fft - lag :], r[: lag + 1]])
+    sides = _empty(lease, (2, k, len(bounds), n_fft), signals[0].dtype, device).zero_()
+    inside = sum(b + lag <= n for b in bounds)  # ascending: only the last ones can run past
+    row = 0
+    for x in signals:
+        rows = sides[:, row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
+        row += x.shape[0] * x.shape[1]
+        rows[0, ..., :lag] = _frames(x, [b - lag for b in bounds], lag)
+        if inside:
+            rows[1, ..., :inside, lag : 2 * lag] = _frames(x, bounds[:inside], lag)
+        for i in range(inside, len(bounds)):
+            rows[1, ..., i, lag : lag + n - bounds[i]] = x[..., bounds[i] :]
+    spec = torch.fft.rfft(sides)  # (2, K, B, F)
+    # frequency-major, (F, 2, K, B), by a 2-D transposing copy (torch does those in cache
+    # blocks: several times faster than a permuted copy of four dimensions)
+    n_freq = spec.shape[-1]
+    by_freq = _empty(lease, (n_freq, 2, k, len(bounds)), spec.dtype, device)
+    by_freq.view(n_freq, -1).copy_(spec.view(-1, n_freq).T)
+    before, after = by_freq.unbind(1)
+    # x before with y after, and x after with y before, summed over the boundaries
+    acc = torch.matmul(before[:, :p], after.mH).baddbmm_(after[:, :p], before.mH)
+    r = torch.fft.irfft(acc, n=n_fft, dim=0)
+    return torch.cat([r[n_fft - lag :], r[: lag + 1]])
 
 
 def _block_toeplitz_cholesky(

@@ -57,7 +57,7 @@ class ScratchPool:
     Kept buffers cost no memory anyone else needs: on Linux they are marked ``MADV_FREE``
     between calls, so the kernel takes their pages back when it runs short (the next call
     then faults them in again, no data is kept) and leaves them in place otherwise. At most
-    ``max_bytes`` are kept; :meth:`clear` unmaps them all. Elsewhere (no ``MADV_FREE``: not
+    ``max_bytes`` are kept; :meth:`clear` lets them all go. Elsewhere (no ``MADV_FREE``: not
     Linux), and for other devices, :meth:`Lease.empty` is ``torch.empty``.
 
     Thread-safe: concurrent calls take different buffers."""
@@ -67,6 +67,8 @@ class ScratchPool:
         self.max_bytes = max_bytes
         self._free: list[mmap.mmap] = []
         self._lock = threading.Lock()
+        # buffers a tensor still used when their lease closed (left to that tensor)
+        self.left_in_use = 0
 
     def lease(self) -> Lease:
         """Buffers for one call: take them with :meth:`Lease.empty`, and close the lease (or
@@ -78,11 +80,9 @@ class ScratchPool:
             return sum(len(b) for b in self._free)
 
     def clear(self) -> None:
-        """Unmap every kept buffer."""
+        """Let go of every kept buffer (unmapped at once, as none is in use)."""
         with self._lock:
-            free, self._free = self._free, []
-        for buf in free:
-            _unmap(buf)
+            self._free = []
 
     def _take(self, nbytes: int) -> mmap.mmap:
         with self._lock:
@@ -101,11 +101,8 @@ class ScratchPool:
         with self._lock:
             self._free.extend(bufs)
             self._free.sort(key=len, reverse=True)
-            dropped = []
             while sum(len(b) for b in self._free) > self.max_bytes:
-                dropped.append(self._free.pop())  # the smallest go first
-        for buf in dropped:
-            _unmap(buf)
+                self._free.pop()  # the smallest go first (unmapped as they go)
 
 
 class Lease:
@@ -129,9 +126,21 @@ class Lease:
         return torch.frombuffer(buf, dtype=dtype, count=count).view(shape)
 
     def close(self) -> None:
+        """Hand the buffers back to the pool; one that a tensor still uses stays with that
+        tensor instead (unmapped when it goes), so no two tensors ever share a buffer."""
         with self._lock:
             held, self._held = self._held, []
-        self._pool._give_back(held)
+        free = []
+        while held:
+            buf = held.pop()
+            # references: ``buf`` and getrefcount's argument; each tensor storage adds one
+            if sys.getrefcount(buf) == 2:
+                free.append(buf)
+            else:
+                with self._pool._lock:
+                    self._pool.left_in_use += 1
+            del buf
+        self._pool._give_back(free)
 
     def __enter__(self) -> Lease:
         return self
@@ -144,9 +153,3 @@ _UNIT = 2**21
 # Keeping buffers pays only where the kernel can be told that it may take their pages back.
 _POOLING = sys.platform.startswith("linux") and hasattr(mmap, "MADV_FREE")
 
-
-def _unmap(buf: mmap.mmap) -> None:
-    try:
-        buf.close()
-    except BufferError:  # a tensor still uses it: it is unmapped when that tensor goes
-        pass
