@@ -22,8 +22,14 @@ Where museval spends its time, and what is done here instead (same numbers):
 * the frames: all are projected at once in the frequency domain and the energies are read
   off the spectra by Parseval, so no inverse FFT is taken, in frequency chunks that stay in
   cache;
-* the factorisation needs only the references' correlations, so on 2+ threads it runs
-  alongside the estimates' spectra.
+* the factorisation needs only the references' correlations, so on 2-4 threads it runs on
+  a helper thread alongside the estimates' spectra; the helper then sums the frames' squares
+  and shares the last cross-spectra;
+* memory: the frame spectra, the Schur factors and the FFT inputs (0.7 GB for a 60-s
+  4-target track) come from a pool of buffers kept from one call to the next
+  (:class:`audiolab.utils.memory.ScratchPool`; on Linux the kernel may take their pages back
+  between calls, and :func:`release_buffers` lets them go): mapped afresh on every call,
+  their page faults cost a fifth of a call.
 
 Degenerate references that real stems have (an all-zero channel, a channel identical to
 another: dual mono) make ``G`` singular but for museval's ``eps``; the zero or duplicate
@@ -279,7 +285,7 @@ def _boundary_correlations(
     # (2, K, B, n_fft): lag samples before each boundary (zeros after), and lag after it
     # (zeros before, and past the end of the track), zero-padded
     device = signals[0].device
-    sides = _empty(lease, (2, k, len(bounds), n_fft), signals[0].dtype, device).zero_()
+    sides = lease.empty((2, k, len(bounds), n_fft), signals[0].dtype, device).zero_()
     inside = sum(b + lag <= n for b in bounds)  # ascending: only the last ones can run past
     row = 0
     for x in signals:
@@ -294,7 +300,7 @@ def _boundary_correlations(
     # frequency-major, (F, 2, K, B), by a 2-D transposing copy (torch does those in cache
     # blocks: several times faster than a permuted copy of four dimensions)
     n_freq = spec.shape[-1]
-    by_freq = _empty(lease, (n_freq, 2, k, len(bounds)), spec.dtype, device)
+    by_freq = lease.empty((n_freq, 2, k, len(bounds)), spec.dtype, device)
     by_freq.view(n_freq, -1).copy_(spec.view(-1, n_freq).T)
     before, after = by_freq.unbind(1)
     # x before with y after, and x after with y before, summed over the boundaries
@@ -310,9 +316,9 @@ def _block_toeplitz_cholesky(
     Schur algorithm.
 
     ``blocks (B, L, P, P)``: the first block row, ``T[a, a + k] = blocks[:, k]`` (so
-    ``T[a + k, a] = blocks[:, k].T``). Returns ``R (B, L P, L P)`` (from ``lease``, where given), upper triangular with
-    ``R^T R = T``, and ``ok (B,)``: False where the recursion broke down (``T`` not positive
-    definite to working precision; that ``R`` is garbage).
+    ``T[a + k, a] = blocks[:, k].T``). Returns ``R (B, L P, L P)`` (from ``lease``, where
+    given), upper triangular with ``R^T R = T``, and ``ok (B,)``: False where the recursion
+    broke down (``T`` not positive definite to working precision; that ``R`` is garbage).
 
     The displacement ``T - Z T Z^T`` (``Z`` shifts by one block) is ``u^T u - v^T v`` for a
     ``P``-row generator ``(u, v)``; each step shifts ``u``, zeroes the leading block of ``v``
@@ -723,7 +729,13 @@ def _track_correlations(
                 accs += _cross_spectra(spec[0], spec[0], spec[1])
         if not early:
             refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
-        return _lags(accs[-1], tile_fft, lag) + boundary[..., p:], spec
+        if early:  # half the estimate channels each
+            k = accs[-1].shape[-1] // 2
+            half = helper.submit(_lags, accs[-1][..., k:], tile_fft, lag)
+            r = torch.cat([_lags(accs[-1][..., :k], tile_fft, lag), half.result()], dim=-1)
+        else:
+            r = _lags(accs[-1], tile_fft, lag)
+        return r + boundary[..., p:], spec
     acc = None
     for t0 in range(0, len(tiles), per_group):
         with record_function("bss_eval.spectra_correlations"):
