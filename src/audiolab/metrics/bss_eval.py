@@ -219,12 +219,16 @@ def _fill_spectra(
 
 
 def _cross_spectra(
-    x: torch.Tensor, *ys: torch.Tensor, helper: ThreadPoolExecutor | None = None
+    x: torch.Tensor,
+    *ys: torch.Tensor,
+    helper: ThreadPoolExecutor | None = None,
+    lease: Lease | None = None,
 ) -> list[torch.Tensor]:
-    """``sum_t conj(x_t)^T y_t``, ``(F, Kx, Ky)``, of frequency-major spectra ``x (F, T, Kx)``
-    and each ``y (F, T, Ky)``, in one pass of frequency chunks that stay in cache; with
-    ``helper``, its thread takes chunks too once done with the tasks before."""
-    accs = [x.new_empty(x.shape[0], x.shape[-1], y.shape[-1]) for y in ys]
+    """``sum_t conj(x_t)^T y_t``, ``(F, Kx, Ky)`` (from ``lease`` where given), of
+    frequency-major spectra ``x (F, T, Kx)`` and each ``y (F, T, Ky)``, in one pass of
+    frequency chunks that stay in cache; with ``helper``, its thread takes chunks too once
+    done with the tasks before."""
+    accs = [_empty(lease, (x.shape[0], x.shape[-1], y.shape[-1]), x.dtype, x.device) for y in ys]
     f_step = max(1, _CHUNK_ELEMS // (x.shape[1] * (x.shape[-1] + sum(y.shape[-1] for y in ys))))
     chunks = iter(range(0, x.shape[0], f_step))
     lock = threading.Lock()
@@ -717,16 +721,16 @@ def _track_correlations(
         spec = _empty(lease, shape, torch.complex128, signals[0].device)
         with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[0], signals[:1], tiles, tile_len, tile_fft)
-            accs = _cross_spectra(spec[0], spec[0]) if early else []
+            accs = _cross_spectra(spec[0], spec[0], lease=lease) if early else []
         if early:
             refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
         with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[1], signals[1:], tiles, tile_len, tile_fft)
             # with the references' own cross-spectra too, unless taken above already
             if early:
-                accs += _cross_spectra(spec[0], spec[1], helper=helper)
+                accs += _cross_spectra(spec[0], spec[1], helper=helper, lease=lease)
             else:
-                accs += _cross_spectra(spec[0], spec[0], spec[1])
+                accs += _cross_spectra(spec[0], spec[0], spec[1], lease=lease)
         if not early:
             refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
         if early:  # half the estimate channels each
@@ -767,7 +771,13 @@ def _filter_spectra(
         # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
         own = taps[:, p:, :filter_len].unflatten(1, (n_src, n_chan)).unflatten(0, (n_src, n_chan))
         torch.diagonal(own, 0, 0, 2).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(2, 3, 0, 1))
-    return torch.fft.rfft(taps).permute(2, 0, 1)
+    # in groups of rows whose outputs glibc serves from its heap: one output of this size
+    # would be mapped afresh on every call, a page fault per 4 KB
+    out = _empty(lease, (p, q, n_fft // 2 + 1), torch.complex128, c_all.device)
+    rows = max(1, _FFT_ELEMS // out.shape[-1])
+    for r0 in range(0, p * q, rows):
+        out.view(p * q, -1)[r0 : r0 + rows] = torch.fft.rfft(taps.view(p * q, -1)[r0 : r0 + rows])
+    return out.permute(2, 0, 1)
 
 
 def _sample_energies(signals: list[torch.Tensor], starts: list[int], win_len: int) -> torch.Tensor:
