@@ -24,9 +24,9 @@ Where museval spends its time, and what is done here instead (same numbers):
   cache;
 * the factorisation needs only the references' correlations, so on 2-4 threads it runs on
   a helper thread alongside the estimates' spectra; the helper then sums the frames' squares
-  and shares the last cross-spectra;
-* memory: the frame spectra, the Schur factors and the FFT inputs (0.7 GB for a 60-s
-  4-target track) come from a pool of buffers kept from one call to the next
+  and shares the last cross-spectra and their lags;
+* memory: the frame spectra, the Schur factors, the FFT inputs and the cross-spectra (0.7
+  GB for a 60-s 4-target track) come from a pool of buffers kept from one call to the next
   (:class:`audiolab.utils.memory.ScratchPool`; on Linux the kernel may take their pages back
   between calls, and :func:`release_buffers` lets them go): mapped afresh on every call,
   their page faults cost a fifth of a call.
@@ -80,14 +80,15 @@ _CHUNK_ELEMS = 2**17
 _OVERLAP_MAX_THREADS = 4
 # Samples between those looked at first by the silence test.
 _SILENCE_STRIDE = 97
-# The frame spectra and the Schur factors (0.6 GB for a 60-s 4-target track) are kept from
-# one call to the next: mapped afresh, their page faults cost about a fifth of a call.
+# Buffers of 4 MB or more that the code allocates itself (frame spectra, Schur factors, FFT
+# inputs, cross-spectra: 0.7 GB for a 60-s 4-target track) are kept from one call to the
+# next: mapped afresh, their page faults cost about a fifth of a call.
 _SCRATCH = ScratchPool(min_bytes=2**22)
 
 
 def release_buffers() -> None:
-    """Unmap the scratch buffers :func:`bss_eval_v4` keeps between calls (on Linux the
-    kernel takes their pages back by itself when memory runs short)."""
+    """Let go of the scratch buffers :func:`bss_eval_v4` keeps between calls (unmapped at
+    once; on Linux the kernel takes their pages back by itself when memory runs short)."""
     _SCRATCH.clear()
 
 
@@ -618,7 +619,8 @@ def _metric_energies(
     # sequential ops would gain nothing from more; the two take about as long).
     threads = torch.get_num_threads()
     overlap = signals[0].device.type == "cpu" and 1 < threads <= _OVERLAP_MAX_THREADS
-    # Then it sums the frames' squares in the time domain, and shares the last cross-spectra.
+    # Then it sums the frames' squares in the time domain, and shares the last cross-spectra
+    # and their correlation lags.
     later: list[Future] = []
     try:  # the helper is joined before the thread setting is restored
         with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
@@ -702,7 +704,7 @@ def _track_correlations(
     ``(2, F, T, P)`` (references, estimates) come back too for the metrics (None otherwise, or
     when they would not fit in memory; from ``lease`` where given); then, with a ``helper``
     (a thread), ``refs_ready`` is called before the estimates' spectra are taken, and the
-    helper shares the cross-spectra of the references with the estimates."""
+    helper shares the cross-spectra of the references with the estimates, and their lags."""
     early = helper is not None
     p = signals[0].shape[0] * signals[0].shape[1]
     n_samples = signals[0].shape[-1]

@@ -60,6 +60,8 @@ class ScratchPool:
     ``max_bytes`` are kept; :meth:`clear` lets them all go. Elsewhere (no ``MADV_FREE``: not
     Linux), and for other devices, :meth:`Lease.empty` is ``torch.empty``.
 
+    A buffer that a tensor still uses when its lease is closed stays with that tensor
+    (unmapped when it goes) and is never handed out again, so no two tensors share one.
     Thread-safe: concurrent calls take different buffers."""
 
     def __init__(self, min_bytes: int = 2**25, max_bytes: int = 2**31) -> None:
