@@ -72,7 +72,7 @@ _CORR_TILE = 32768
 # Caps on complex elements: spectra held at once (bounds memory on long tracks), spectra of
 # one FFT call, and one chunk of the frequency-chunked loops (small enough to stay in cache).
 _MAX_SPEC_ELEMS = 2**26
-_FFT_ELEMS = 2**20
+_FFT_ELEMS = 2**18
 _CHUNK_ELEMS = 2**17
 # Most torch threads with which the factorisation runs alongside the estimates' spectra (each
 # then on one thread: torch's thread setting is per process). With more, taking the spectra on
@@ -267,11 +267,28 @@ def _spectra(
     return out, (_cross_spectra(out[..., :n_corr], out)[0] if n_corr else None)
 
 
+def _rfft_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out (R, F) = rfft(x (R, N))``, in groups of rows whose outputs (and FFT work
+    buffers) glibc serves from its heap: outputs of tens of MB are mapped afresh on every
+    call, a page fault per 4 KB."""
+    rows = max(1, _FFT_ELEMS // out.shape[-1])
+    for r0 in range(0, x.shape[0], rows):
+        out[r0 : r0 + rows] = torch.fft.rfft(x[r0 : r0 + rows])
+    return out
+
+
 def _lags(acc: torch.Tensor, n_fft: int, lag: int) -> torch.Tensor:
-    """Correlations at lags ``-lag..lag`` from summed cross-spectra ``conj(X)^T Y`` (the
-    conjugate of the wanted ``X^T conj(Y)``), ``(2 lag + 1, ...)``."""
-    r = torch.fft.irfft(acc.conj(), n=n_fft, dim=0)
-    return torch.cat([r[n_fft - lag :], r[: lag + 1]])
+    """Correlations at lags ``-lag..lag`` from summed cross-spectra ``acc (F, ...)``, ``conj(X)^T
+    Y`` (the conjugate of the wanted ``X^T conj(Y)``), ``(2 lag + 1, ...)``; a few columns
+    at a time (see :func:`_rfft_rows`)."""
+    flat = acc.reshape(acc.shape[0], -1)
+    out = acc.real.new_empty(2 * lag + 1, flat.shape[1])
+    cols = max(1, _FFT_ELEMS // n_fft)
+    for c0 in range(0, flat.shape[1], cols):
+        r = torch.fft.irfft(flat[:, c0 : c0 + cols].conj(), n=n_fft, dim=0)
+        out[:lag, c0 : c0 + cols] = r[n_fft - lag :]
+        out[lag:, c0 : c0 + cols] = r[: lag + 1]
+    return out.view(2 * lag + 1, *acc.shape[1:])
 
 
 def _boundary_correlations(
@@ -305,17 +322,17 @@ def _boundary_correlations(
             rows[1, ..., :inside, lag : 2 * lag] = _frames(x, bounds[:inside], lag)
         for i in range(inside, len(bounds)):
             rows[1, ..., i, lag : lag + n - bounds[i]] = x[..., bounds[i] :]
-    spec = torch.fft.rfft(sides)  # (2, K, B, F)
+    n_freq = n_fft // 2 + 1
+    spec = lease.empty((2 * k * len(bounds), n_freq), torch.complex128, device)
+    _rfft_rows(sides.view(-1, n_fft), spec)  # (2, K, B, F)
     # frequency-major, (F, 2, K, B), by a 2-D transposing copy (torch does those in cache
     # blocks: several times faster than a permuted copy of four dimensions)
-    n_freq = spec.shape[-1]
     by_freq = lease.empty((n_freq, 2, k, len(bounds)), spec.dtype, device)
-    by_freq.view(n_freq, -1).copy_(spec.view(-1, n_freq).T)
+    by_freq.view(n_freq, -1).copy_(spec.T)
     before, after = by_freq.unbind(1)
     # x before with y after, and x after with y before, summed over the boundaries
     acc = torch.matmul(before[:, :p], after.mH).baddbmm_(after[:, :p], before.mH)
-    r = torch.fft.irfft(acc, n=n_fft, dim=0)
-    return torch.cat([r[n_fft - lag :], r[: lag + 1]])
+    return _lags(acc.conj(), n_fft, lag)
 
 
 def _block_toeplitz_cholesky(
@@ -790,12 +807,8 @@ def _filter_spectra(
         # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
         own = taps[:, p:, :filter_len].unflatten(1, (n_src, n_chan)).unflatten(0, (n_src, n_chan))
         torch.diagonal(own, 0, 0, 2).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(2, 3, 0, 1))
-    # in groups of rows whose outputs glibc serves from its heap: one output of this size
-    # would be mapped afresh on every call, a page fault per 4 KB
     out = _empty(lease, (p, q, n_fft // 2 + 1), torch.complex128, c_all.device)
-    rows = max(1, _FFT_ELEMS // out.shape[-1])
-    for r0 in range(0, p * q, rows):
-        out.view(p * q, -1)[r0 : r0 + rows] = torch.fft.rfft(taps.view(p * q, -1)[r0 : r0 + rows])
+    _rfft_rows(taps.view(p * q, -1), out.view(p * q, -1))
     return out.permute(2, 0, 1)
 
 
