@@ -345,15 +345,34 @@ def test_tiled_correlations_match_direct(window: int, n_samples: int) -> None:
 
 def test_chunked_long_track_path_gives_the_same_scores(monkeypatch) -> None:
     """Spectra recomputed per group of frames (what long tracks do to bound memory) and small
-    FFT batches and chunks give the same numbers as one pass."""
+    FFT batches and chunks give the same numbers as one pass; each group's spectra buffer
+    goes back to the scratch pool for the next (on Linux), and a second call on buffers
+    filled with NaN in between gives the same numbers."""
+    from audiolab.utils.memory import _POOLING, _UNIT, ScratchPool
+
     refs, ests = random_case("mixed", seed=6)
     whole = bss_eval_v4(refs, ests)
-    monkeypatch.setattr(bss_eval, "_MAX_SPEC_ELEMS", 3 * 16 * 22501)
+    pool = ScratchPool(min_bytes=1)
+    monkeypatch.setattr(bss_eval, "_SCRATCH", pool)
+    # 3 frames a group (2 sources of 2 channels: 8 spectra a frame, 22401 bins)
+    monkeypatch.setattr(bss_eval, "_MAX_SPEC_ELEMS", 3 * 8 * 22401)
     monkeypatch.setattr(bss_eval, "_FFT_ELEMS", 16 * 22501)
     monkeypatch.setattr(bss_eval, "_CHUNK_ELEMS", 1000)
     chunked = bss_eval_v4(refs, ests)
     for name in METRICS:
         torch.testing.assert_close(chunked[name], whole[name], rtol=0, atol=1e-9)
+    if _POOLING:
+        assert pool.left_in_use == 0
+        # a group's spectra (3 frames) fill one buffer, used by every group in turn
+        group_bytes = -(-3 * 8 * 22401 * 16 // _UNIT) * _UNIT
+        assert [len(b) for b in pool._free].count(group_bytes) == 1
+        for buf in pool._free:
+            torch.frombuffer(buf, dtype=torch.float64).fill_(torch.nan)
+        del buf
+        again = bss_eval_v4(refs, ests)
+        for name in METRICS:
+            assert torch.equal(again[name].nan_to_num(-1.0), chunked[name].nan_to_num(-1.0))
+        assert pool.left_in_use == 0
 
 
 def test_threads_setting_is_restored() -> None:

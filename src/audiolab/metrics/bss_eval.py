@@ -69,9 +69,11 @@ _EPS = float(np.finfo(np.float64).eps)
 _RIDGES = (1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6)
 # Tile length for the correlations when the frames do not tile the track.
 _CORR_TILE = 32768
-# Caps on complex elements: spectra held at once (bounds memory on long tracks), spectra of
-# one FFT call, and one chunk of the frequency-chunked loops (small enough to stay in cache).
-_MAX_SPEC_ELEMS = 2**26
+# Caps on complex elements: spectra held at once (2 GiB, bounds memory on long tracks: 4
+# stereo targets up to 6.2 minutes take the fast path, where the spectra are taken once and
+# the factorisation overlaps them), spectra of one FFT call, and one chunk of the
+# frequency-chunked loops (small enough to stay in cache).
+_MAX_SPEC_ELEMS = 2**27
 _FFT_ELEMS = 2**18
 _CHUNK_ELEMS = 2**17
 # Most torch threads with which the factorisation runs alongside the estimates' spectra (each
@@ -83,9 +85,9 @@ _SCHUR_BLOCK = 32
 # Samples between those looked at first by the silence test.
 _SILENCE_STRIDE = 97
 # Buffers of 4 MB or more that the code allocates itself (frame spectra, Schur factors, FFT
-# inputs, cross-spectra: 0.7 GB for a 60-s 4-target track) are kept from one call to the
-# next: mapped afresh, their page faults cost about a fifth of a call.
-_SCRATCH = ScratchPool(min_bytes=2**22)
+# inputs, cross-spectra: 0.7 GB for a 60-s 4-target track, 2.4 GB for 6 minutes) are kept
+# from one call to the next: mapped afresh, their page faults cost about a third of a call.
+_SCRATCH = ScratchPool(min_bytes=2**22, max_bytes=3 * 2**30)
 
 
 def release_buffers() -> None:
@@ -256,13 +258,20 @@ def _cross_spectra(
 
 
 def _spectra(
-    signals: list[torch.Tensor], starts: list[int], width: int, n_fft: int, n_corr: int = 0
+    signals: list[torch.Tensor],
+    starts: list[int],
+    width: int,
+    n_fft: int,
+    n_corr: int = 0,
+    lease: Lease | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frequency-major spectra ``(F, T, K)`` of the frames of ``signals`` (see
     :func:`_fill_spectra`) and, with ``n_corr``, the cross-spectra summed over frames
-    ``(F, n_corr, K)``, ``sum_t conj(X_t[:n_corr])^T X_t`` (else None)."""
+    ``(F, n_corr, K)``, ``sum_t conj(X_t[:n_corr])^T X_t`` (else None); the spectra from
+    ``lease`` where given."""
     n_rows = sum(x.shape[0] * x.shape[1] for x in signals)
-    out = signals[0].new_empty(n_fft // 2 + 1, len(starts), n_rows, dtype=torch.complex128)
+    shape = (n_fft // 2 + 1, len(starts), n_rows)
+    out = _empty(lease, shape, torch.complex128, signals[0].device)
     _fill_spectra(out, signals, starts, width, n_fft)
     return out, (_cross_spectra(out[..., :n_corr], out)[0] if n_corr else None)
 
@@ -778,8 +787,9 @@ def _track_correlations(
         return r + boundary[..., p:], spec
     acc = None
     for t0 in range(0, len(tiles), per_group):
-        with record_function("bss_eval.spectra_correlations"):
-            part = _spectra(signals, tiles[t0 : t0 + per_group], tile_len, tile_fft, p)[1]
+        # the spectra's buffer back to the pool for the next group
+        with _SCRATCH.lease() as group, record_function("bss_eval.spectra_correlations"):
+            part = _spectra(signals, tiles[t0 : t0 + per_group], tile_len, tile_fft, p, group)[1]
         acc = part if acc is None else acc.add_(part)
     with record_function("bss_eval.correlations"):
         r = _lags(acc, tile_fft, lag) + boundary
@@ -873,14 +883,9 @@ def _frame_energies(
     edges = [0, n_freq - 1] if n_fft % 2 == 0 else [0]
     n_proj = filt.shape[-1]
     per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * n_freq))
-    for t0 in range(0, len(starts), per_group):
-        t1 = min(len(starts), t0 + per_group)
-        if spec is not None:
-            group = spec[:, :, t0:t1]
-        else:
-            with record_function("bss_eval.spectra"):
-                group = _spectra(signals, starts[t0:t1], win_len, n_fft)[0]
-            group = group.unflatten(-1, (2, p)).movedim(-2, 0)
+
+    def add_group(t0: int, t1: int, group: torch.Tensor) -> None:
+        """Add the energies of frames ``t0..t1``, spectra ``group (2, F, t1 - t0, P)``."""
         f_step = max(1, _CHUNK_ELEMS // (2 * p * (t1 - t0)))
         proj = filt.new_empty(f_step, t1 - t0, n_proj)
         parts = filt.new_empty(f_step, t1 - t0, 3, p)
@@ -904,6 +909,17 @@ def _frame_energies(
             if n_src == 1 and at == 3:
                 summed = torch.cat([summed, summed], dim=-1)
             total[t0:t1, at : at + summed.shape[-1] // p] += summed.reshape(t1 - t0, -1, p)
+
+    for t0 in range(0, len(starts), per_group):
+        t1 = min(len(starts), t0 + per_group)
+        if spec is not None:
+            add_group(t0, t1, spec[:, :, t0:t1])
+            continue
+        with _SCRATCH.lease() as lease:  # its buffer back to the pool for the next group
+            with record_function("bss_eval.spectra"):
+                group = _spectra(signals, starts[t0:t1], win_len, n_fft, lease=lease)[0]
+            add_group(t0, t1, group.unflatten(-1, (2, p)).movedim(-2, 0))
+            del group
     total /= n_fft
     total = torch.cat([samples[:, :1], total[:, :3], samples[:, 1:], total[:, 3:]], dim=1)
     return total.reshape(len(starts), 7, n_src, n_chan).sum(dim=-1).permute(1, 0, 2)
