@@ -804,8 +804,8 @@ def _filter_spectra(
     the two coincide): on all references (museval's s_true + e_spat + e_interf) and, block
     diagonal, on the own reference (s_true + e_spat); one batched matmul gives both.
 
-    Frequency-minor (a view of ``(P, Q, F)``): the energies take each chunk of frequencies
-    contiguous, for their batched matmuls, rather than all at once."""
+    Frequency-major and contiguous: the energies' batched matmuls take chunks of it as they
+    are. From ``lease`` where given."""
     filter_len, p, n_chan = c_own.shape
     q = p if n_src == 1 else 2 * p
     # tap-minor and zero-padded by hand: rfft's own padding along dim 0 is twice as slow
@@ -817,9 +817,14 @@ def _filter_spectra(
         # own[(i, ci), (j, c)] = c_own[(i, ci), c] where i == j
         own = taps[:, p:, :filter_len].unflatten(1, (n_src, n_chan)).unflatten(0, (n_src, n_chan))
         torch.diagonal(own, 0, 0, 2).copy_(c_own.unflatten(1, (n_src, n_chan)).permute(2, 3, 0, 1))
-    out = _empty(lease, (p, q, n_fft // 2 + 1), torch.complex128, c_all.device)
-    _rfft_rows(taps.view(p * q, -1), out.view(p * q, -1))
-    return out.permute(2, 0, 1)
+    n_freq = n_fft // 2 + 1
+    spec = _empty(lease, (p * q, n_freq), torch.complex128, c_all.device)
+    _rfft_rows(taps.view(p * q, -1), spec)
+    # frequency-major by one 2-D transposing copy (torch does those in cache blocks): taken
+    # chunk by chunk in the energies' loop, the strided reads cost 4x more there
+    out = _empty(lease, (n_freq, p, q), torch.complex128, c_all.device)
+    out.view(n_freq, -1).copy_(spec.T)
+    return out
 
 
 def _sample_energies(signals: list[torch.Tensor], starts: list[int], win_len: int) -> torch.Tensor:
@@ -895,7 +900,7 @@ def _frame_energies(
         sq_parts = filt.real.new_zeros(f_step, t1 - t0, 3 * p, 2)
         for f0 in range(0, n_freq, f_step):
             n = min(f_step, n_freq - f0)
-            h = filt[f0 : f0 + n].contiguous()  # one matrix per frequency, for the matmul
+            h = filt[f0 : f0 + n]
             project(group[:, f0 : f0 + n], h, proj[:n], parts[:n])
             for x, sq in ((proj, sq_proj), (parts, sq_parts)):
                 flat = torch.view_as_real(x[:n]).view(sq[:n].shape)
