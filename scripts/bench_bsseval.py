@@ -1,7 +1,7 @@
 """museval vs audiolab's BSSEval v4 on the same inputs, one run:
 
     .venv/bin/python scripts/bench_bsseval.py [--seconds 60] [--sources 4] [--device cpu|cuda]
-        [--threads 2] [--repeats 3] [--no-policy-rows] [--float-stems] [--museval-ulp] [--profile]
+        [--threads 2] [--repeats 5] [--no-policy-rows] [--float-stems] [--museval-ulp] [--profile]
 
 Both score the same estimates of the same references (a synthetic track from the built-in
 generator, estimates = references plus noise and cross-talk of varying strength) with
@@ -11,7 +11,8 @@ ratio, and the largest |difference| per metric (NaN positions must match).
 Threads: museval runs with its numpy/scipy BLAS on its default thread count (printed; all
 cores of this machine). audiolab runs on one torch thread (its default, meant for one track
 per process) and on ``--threads``; each time is the best of ``--repeats`` calls, as one call
-of under 3 s swings by a third from run to run on a shared VM.
+of under 3 s swings by a third from run to run on a shared VM (the median of those calls is
+printed too).
 
 Memory: a call needs about 0.9 GB of temporaries. glibc maps blocks above 32 MB afresh on
 every call (a page fault per 4 KB page), so audiolab keeps its largest scratch buffers from
@@ -122,7 +123,7 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="audiolab's second timing, torch threads")
-    parser.add_argument("--repeats", type=int, default=3, help="audiolab calls per timing (best kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="audiolab calls per timing (best kept)")
     parser.add_argument("--no-policy-rows", action="store_true", help="skip the keep_freed_memory rows")
     parser.add_argument("--float-stems", action="store_true", help="do not quantise to 16 bits")
     parser.add_argument("--museval-ulp", action="store_true", help="museval again, refs + 1 ulp")
@@ -142,15 +143,16 @@ def main() -> None:
     device = torch.device(args.device)
     refs_t, ests_t = torch.from_numpy(refs).to(device), torch.from_numpy(ests).to(device)
 
-    def timed(threads: int) -> tuple[float, dict]:
-        best, out = float("inf"), None
+    def timed(threads: int) -> tuple[tuple[float, float], dict]:
+        """(best, median) seconds of ``--repeats`` calls, and the scores."""
+        seconds, out = [], None
         for _ in range(args.repeats):
             start = time.perf_counter()
             out = bss_eval_v4(refs_t, ests_t, num_threads=threads)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return best, out
+            seconds.append(time.perf_counter() - start)
+        return (min(seconds), float(np.median(seconds))), out
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -167,8 +169,9 @@ def main() -> None:
             release_buffers()
             start = time.perf_counter()
             bss_eval_v4(refs_t, ests_t, num_threads=threads)
+            once = time.perf_counter() - start
             rows.append((f"audiolab on {threads} thread{'s' * (threads > 1)}, first call "
-                         "(scratch buffers mapped afresh)", t_museval, time.perf_counter() - start))
+                         "(scratch buffers mapped afresh)", t_museval, (once, once)))
         if device.type == "cpu" and not args.no_policy_rows:
             if keep_freed_memory():
                 threads = max(t for t, _, _ in timings)
@@ -185,13 +188,16 @@ def main() -> None:
     ours = {k: v.cpu().numpy() for k, v in timings[0][2].items()}
 
     print(f"museval's BLAS threads: {blas_threads()}")
-    print("| seconds | museval | audiolab | ratio |")
-    print("|---|---:|---:|---:|")
-    for name, theirs_s, ours_s in rows:
-        print(f"| {args.device}, {name} | {theirs_s:.2f} | {ours_s:.3f} | {theirs_s / ours_s:.1f}x |")
+    print(f"| seconds | museval | audiolab, best of {args.repeats} | ratio | audiolab, median | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, theirs_s, (best, median) in rows:
+        print(
+            f"| {args.device}, {name} | {theirs_s:.2f} | {best:.3f} | {theirs_s / best:.1f}x "
+            f"| {median:.3f} | {theirs_s / median:.1f}x |"
+        )
     for name, (diff, same_nan) in largest_difference(ours, theirs).items():
         nan = "NaN positions equal" if same_nan else "NaN positions DIFFER"
-        print(f"| max abs diff {name.upper()} (dB) | | {diff:.2e} | {nan} |")
+        print(f"| max abs diff {name.upper()} (dB) | | {diff:.2e} | {nan} | | |")
     print(
         f"median SDR per source (museval): {np.round(np.nanmedian(theirs['sdr'], axis=1), 2).tolist()}"
     )
