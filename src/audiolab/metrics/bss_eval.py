@@ -25,11 +25,15 @@ Where museval spends its time, and what is done here instead (same numbers):
 * the factorisation needs only the references' correlations, so on 2-4 threads it runs on
   a helper thread alongside the estimates' spectra; the helper then sums the frames' squares
   and shares the last cross-spectra and their lags;
-* memory: the frame spectra, the Schur factors, the FFT inputs and the cross-spectra (0.7
-  GB for a 60-s 4-target track) come from a pool of buffers kept from one call to the next
-  (:class:`audiolab.utils.memory.ScratchPool`; on Linux the kernel may take their pages back
-  between calls, and :func:`release_buffers` lets them go): mapped afresh on every call,
-  their page faults cost a fifth of a call.
+* memory: the frame spectra, the Schur factors, the filter spectra and the cross-spectra
+  (0.7 GB for a 60-s 4-target track) come from a pool of buffers kept from one call to the
+  next (:class:`audiolab.utils.memory.ScratchPool`; on Linux the kernel may take their pages
+  back between calls, and :func:`release_buffers` lets them go): mapped afresh on every
+  call, their page faults cost a third of a call. Every FFT runs on a few rows at a time, so
+  that its output and work buffers come from glibc's heap rather than fresh mappings;
+* long tracks: up to 2 GiB of spectra are held at once (4 stereo targets up to 6.2
+  minutes); longer tracks take their spectra group by group, twice (for the correlations,
+  then for the energies), at about twice the time per second of audio.
 
 Degenerate references that real stems have (an all-zero channel, a channel identical to
 another: dual mono) make ``G`` singular but for museval's ``eps``; the zero or duplicate
@@ -365,8 +369,8 @@ def _block_toeplitz_cholesky(
     Several lags are taken as one block (the same matrix is block Toeplitz with ``g P x g P``
     blocks too, ``g`` dividing ``L``): fewer steps, each a little dearer. ``lags_per_block``
     (None: the most with blocks of at most ``_SCHUR_BLOCK`` rows): for 512 taps of 8 channels,
-    4 lags a block took 15 % less time than 2 and 30 % less than 8; for the 2 channels of one
-    source, 16 lags a block 30 % less than 4 (measured, one thread)."""
+    one thread, 4 lags a block took 0.21 s, 2 lags 0.24 s, 8 lags 0.30 s, 1 lag 0.37 s (one
+    run; more lags a block: fewer steps, more arithmetic)."""
     if lags_per_block is None:
         lags_per_block = _lags_per_block(blocks.shape[1], blocks.shape[-1])
     blocks = _group_blocks(blocks, lags_per_block)
