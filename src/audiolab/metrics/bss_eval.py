@@ -88,8 +88,8 @@ _OVERLAP_MAX_THREADS = 4
 _SCHUR_BLOCK = 32
 # Samples between those looked at first by the silence test.
 _SILENCE_STRIDE = 97
-# Buffers of 4 MB or more that the code allocates itself (frame spectra, Schur factors, FFT
-# inputs, cross-spectra: 0.7 GB for a 60-s 4-target track, 2.4 GB for 6 minutes) are kept
+# Buffers of 4 MB or more that the code allocates itself (frame spectra, Schur factors,
+# filter spectra, cross-spectra: 0.7 GB for a 60-s 4-target track, 2.4 GB for 6 minutes) are kept
 # from one call to the next: mapped afresh, their page faults cost about a third of a call.
 _SCRATCH = ScratchPool(min_bytes=2**22, max_bytes=3 * 2**30)
 
@@ -577,13 +577,6 @@ def _warn_ridge(ridges: torch.Tensor) -> None:
             RuntimeWarning,
             stacklevel=5,
         )
-
-
-def _sum_squares(spec: torch.Tensor) -> torch.Tensor:
-    """``sum_f |spec[f, ...]|^2`` of a complex ``(F, ...)`` tensor, as a dot product over the
-    frequency axis."""
-    flat = torch.view_as_real(spec).reshape(spec.shape[0], -1)
-    return (flat * flat).sum(dim=0).reshape(*spec.shape[1:], 2).sum(dim=-1)
 
 
 def _safe_db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
