@@ -14,9 +14,10 @@ per process) and on ``--threads``; each time is the best of ``--repeats`` calls,
 of under 3 s swings by a third from run to run on a shared VM (the median of those calls is
 printed too).
 
-Memory: a call needs about 0.9 GB of temporaries. glibc maps blocks above 32 MB afresh on
-every call (a page fault per 4 KB page), so audiolab keeps its largest scratch buffers from
-one call to the next (``audiolab.utils.memory.ScratchPool``); the "first call" row times a
+Memory: a call needs about 0.8 GB of temporaries. glibc maps large blocks afresh on every
+call (a page fault per 4 KB page), so audiolab keeps its largest scratch buffers from one
+call to the next (``audiolab.utils.memory.ScratchPool``) and takes its FFTs a few rows at a
+time (their outputs then come from the heap glibc already has); the "first call" row times a
 call after letting them go, what a single call in a fresh process pays. The last rows
 switch the whole process to ``audiolab.utils.memory.keep_freed_memory`` (what the museval
 callback's workers run with) and time audiolab again, then museval again under the same
