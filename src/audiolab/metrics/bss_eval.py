@@ -187,24 +187,20 @@ def _fill_spectra(
     starts: list[int],
     width: int,
     n_fft: int,
-    lease: Lease | None = None,
 ) -> None:
     """Write into ``out (F, T, K)`` the frequency-major spectra of the frames
     ``x[..., s : s + width]`` (zeros past the end) of the ``(n, C, N)`` tensors in ``signals``,
     zero-padded to ``n_fft``; ``K`` runs over (tensor, n, C). Frequency-major, the batched
-    matmuls over frequencies read contiguous slices. The FFTs' input buffer comes from
-    ``lease`` (None: a lease of its own, closed on return, when no tensor uses it any more)."""
-    if lease is None:
-        with _SCRATCH.lease() as lease:
-            return _fill_spectra(out, signals, starts, width, n_fft, lease)
+    matmuls over frequencies read contiguous slices."""
     n = signals[0].shape[-1]
     n_rows = out.shape[-1]
     n_freq = n_fft // 2 + 1
-    # A few frames per FFT call: a small output (and MKL's work buffer of the same size) is
-    # reused from the heap by the next call, where a large one costs a page fault per page
-    # (calls over 23 frames measured 2x slower); a fresh output beats ``out=`` (1.2-1.9x).
+    # A few frames per FFT call: a small output (and MKL's work buffer of the same size), and
+    # the input buffer, are reused from the heap by the next call, where a large one costs a
+    # page fault per page (calls over 23 frames measured 2x slower); a fresh output beats
+    # ``out=`` (1.2-1.9x).
     step = min(len(starts), max(1, _FFT_ELEMS // (n_rows * n_freq)))
-    tiles = lease.empty((step, n_rows, n_fft), signals[0].dtype, signals[0].device)
+    tiles = signals[0].new_empty(step, n_rows, n_fft)
     for t0 in range(0, len(starts), step):
         part = starts[t0 : t0 + step]
         full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
