@@ -181,18 +181,43 @@ def _frames(x: torch.Tensor, starts: list[int], width: int) -> torch.Tensor:
     return x[..., idx]
 
 
+class _Items:
+    """A thread-safe iterator over ``items``: two threads looping over it share the loop."""
+
+    def __init__(self, items) -> None:
+        self._it = iter(items)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _Items:
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._it)
+
+
+def _in_parallel(work: Callable[[], None], helper: ThreadPoolExecutor | None) -> None:
+    """Run ``work`` (a loop over an :class:`_Items`) here and, with ``helper``, on its thread
+    too once done with the tasks queued before; return when both are done."""
+    shared = None if helper is None else helper.submit(work)
+    work()
+    if shared is not None:
+        shared.result()
+
+
 def _fill_spectra(
     out: torch.Tensor,
     signals: list[torch.Tensor],
     starts: list[int],
     width: int,
     n_fft: int,
+    helper: ThreadPoolExecutor | None = None,
 ) -> None:
     """Write into ``out (F, T, K)`` the frequency-major spectra of the frames
     ``x[..., s : s + width]`` (zeros past the end) of the ``(n, C, N)`` tensors in ``signals``,
     zero-padded to ``n_fft``; ``K`` runs over (tensor, n, C). Frequency-major, the batched
-    matmuls over frequencies read contiguous slices."""
-    n = signals[0].shape[-1]
+    matmuls over frequencies read contiguous slices. With ``helper``, its thread takes
+    frames too once done with the tasks before."""
     n_rows = out.shape[-1]
     n_freq = n_fft // 2 + 1
     # A few frames per FFT call: a small output (and MKL's work buffer of the same size), and
@@ -200,29 +225,46 @@ def _fill_spectra(
     # page fault per page (calls over 23 frames measured 2x slower); a fresh output beats
     # ``out=`` (1.2-1.9x).
     step = min(len(starts), max(1, _FFT_ELEMS // (n_rows * n_freq)))
-    tiles = signals[0].new_empty(step, n_rows, n_fft)
-    for t0 in range(0, len(starts), step):
-        part = starts[t0 : t0 + step]
-        full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
-        # Padding by hand (rfft's own ``n=`` padding is markedly slower), zeroing only the pad.
-        row = 0
-        for x in signals:
-            view = tiles[: len(part), row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
-            row += x.shape[0] * x.shape[1]
-            if full:
-                view[:full, ..., :width] = _frames(x, part[:full], width).permute(2, 0, 1, 3)
-            for t in range(full, len(part)):
-                view[t, ..., : n - part[t]] = x[..., part[t] :]
-        tiles[:full, :, width:] = 0
+    groups = _Items(range(0, len(starts), step))
+
+    def work() -> None:
+        tiles = signals[0].new_empty(step, n_rows, n_fft)
+        for t0 in groups:
+            _fill_tile(out, tiles, signals, starts[t0 : t0 + step], t0, width)
+
+    _in_parallel(work, helper)
+
+
+def _fill_tile(
+    out: torch.Tensor,
+    tiles: torch.Tensor,
+    signals: list[torch.Tensor],
+    part: list[int],
+    t0: int,
+    width: int,
+) -> None:
+    """The spectra of the frames starting at ``part`` (frames ``t0..``) into ``out``, by way
+    of the FFT input buffer ``tiles`` (see :func:`_fill_spectra`)."""
+    n = signals[0].shape[-1]
+    n_rows, n_freq = out.shape[-1], out.shape[0]
+    full = sum(s + width <= n for s in part)  # ascending starts: a partial tile ends them
+    # Padding by hand (rfft's own ``n=`` padding is markedly slower), zeroing only the pad.
+    row = 0
+    for x in signals:
+        view = tiles[: len(part), row : row + x.shape[0] * x.shape[1]].unflatten(1, x.shape[:2])
+        row += x.shape[0] * x.shape[1]
+        if full:
+            view[:full, ..., :width] = _frames(x, part[:full], width).permute(2, 0, 1, 3)
         for t in range(full, len(part)):
-            tiles[t, :, n - part[t] :] = 0
-        spec = torch.fft.rfft(tiles[: len(part)])
-        # to frequency-major in chunks that stay in cache (several times faster than at once)
-        f_step = max(1, _CHUNK_ELEMS // (len(part) * n_rows))
-        for f0 in range(0, n_freq, f_step):
-            out[f0 : f0 + f_step, t0 : t0 + len(part)] = spec[..., f0 : f0 + f_step].permute(
-                2, 0, 1
-            )
+            view[t, ..., : n - part[t]] = x[..., part[t] :]
+    tiles[:full, :, width:] = 0
+    for t in range(full, len(part)):
+        tiles[t, :, n - part[t] :] = 0
+    spec = torch.fft.rfft(tiles[: len(part)])
+    # to frequency-major in chunks that stay in cache (several times faster than at once)
+    f_step = max(1, _CHUNK_ELEMS // (len(part) * n_rows))
+    for f0 in range(0, n_freq, f_step):
+        out[f0 : f0 + f_step, t0 : t0 + len(part)] = spec[..., f0 : f0 + f_step].permute(2, 0, 1)
 
 
 def _cross_spectra(
@@ -237,23 +279,15 @@ def _cross_spectra(
     done with the tasks before."""
     accs = [_empty(lease, (x.shape[0], x.shape[-1], y.shape[-1]), x.dtype, x.device) for y in ys]
     f_step = max(1, _CHUNK_ELEMS // (x.shape[1] * (x.shape[-1] + sum(y.shape[-1] for y in ys))))
-    chunks = iter(range(0, x.shape[0], f_step))
-    lock = threading.Lock()
+    chunks = _Items(range(0, x.shape[0], f_step))
 
     def work() -> None:
-        while True:
-            with lock:
-                f0 = next(chunks, None)
-            if f0 is None:
-                return
+        for f0 in chunks:
             xh = x[f0 : f0 + f_step].mH
             for y, acc in zip(ys, accs, strict=True):
                 torch.matmul(xh, y[f0 : f0 + f_step], out=acc[f0 : f0 + f_step])
 
-    shared = None if helper is None else helper.submit(work)
-    work()
-    if shared is not None:
-        shared.result()
+    _in_parallel(work, helper)
     return accs
 
 
@@ -286,17 +320,24 @@ def _rfft_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _lags(acc: torch.Tensor, n_fft: int, lag: int) -> torch.Tensor:
+def _lags(
+    acc: torch.Tensor, n_fft: int, lag: int, helper: ThreadPoolExecutor | None = None
+) -> torch.Tensor:
     """Correlations at lags ``-lag..lag`` from summed cross-spectra ``acc (F, ...)``, ``conj(X)^T
     Y`` (the conjugate of the wanted ``X^T conj(Y)``), ``(2 lag + 1, ...)``; a few columns
-    at a time (see :func:`_rfft_rows`)."""
+    at a time (see :func:`_rfft_rows`), with ``helper``'s thread taking some too."""
     flat = acc.reshape(acc.shape[0], -1)
     out = acc.real.new_empty(2 * lag + 1, flat.shape[1])
     cols = max(1, _FFT_ELEMS // n_fft)
-    for c0 in range(0, flat.shape[1], cols):
-        r = torch.fft.irfft(flat[:, c0 : c0 + cols].conj(), n=n_fft, dim=0)
-        out[:lag, c0 : c0 + cols] = r[n_fft - lag :]
-        out[lag:, c0 : c0 + cols] = r[: lag + 1]
+    groups = _Items(range(0, flat.shape[1], cols))
+
+    def work() -> None:
+        for c0 in groups:
+            r = torch.fft.irfft(flat[:, c0 : c0 + cols].conj(), n=n_fft, dim=0)
+            out[:lag, c0 : c0 + cols] = r[n_fft - lag :]
+            out[lag:, c0 : c0 + cols] = r[: lag + 1]
+
+    _in_parallel(work, helper)
     return out.view(2 * lag + 1, *acc.shape[1:])
 
 
@@ -360,7 +401,9 @@ def _block_toeplitz_cholesky(
     with a block hyperbolic rotation, and the rotated ``u`` is the next block row of ``R``.
     The rotation is applied in mixed form (``v`` updated from the already rotated ``u``), the
     form whose factorisation error is of the order of Cholesky's (Bojanczyk, Brent, de Hoog
-    and Sweet, 1995), and each diagonal block is made upper triangular by a small QR.
+    and Sweet, 1995). Built from lower Cholesky factors of ``I - K^T K`` and ``I - K K^T``
+    (``K`` the reflection coefficient), the rotation keeps each diagonal block of ``R`` upper
+    triangular by itself (a QR making it so took a sixth of the time).
 
     Several lags are taken as one block (the same matrix is block Toeplitz with ``g P x g P``
     blocks too, ``g`` dividing ``L``): fewer steps, each a little dearer. ``lags_per_block``
@@ -389,17 +432,17 @@ def _block_toeplitz_cholesky(
         chol, info = torch.linalg.cholesky_ex(eye - pair @ pair.mT)
         failed |= (info != 0).any(dim=1)
         l_u, l_v = chol.unbind(dim=1)
-        # The new row is Q^T l_u^-1 (u - K^T v), Q orthogonal making its lag-0 block upper
-        # triangular; that block is Q^T l_u^T u_k (as v_k = K u_k), so Q comes first.
-        q, _ = torch.linalg.qr(l_u.mT @ u_k)
-        to_u = q.mT @ torch.linalg.solve_triangular(l_u, eye, upper=False)
+        # The new row is l_u^-1 (u - K^T v); its lag-0 block is l_u^T u_k (as v_k = K u_k),
+        # upper triangular as the product of two upper triangular factors.
+        to_u = torch.linalg.solve_triangular(l_u, eye, upper=False)
         # (products accumulated in place: baddbmm copies its input first, and writes a
-        # strided output through a copy too)
+        # strided output through a copy too; two products beat a triangular solve with the
+        # long right-hand side, 0.13 s against 0.2 s)
         u_new = (to_u @ u).baddbmm_(to_u @ refl.mT, v, alpha=-1)
         r[:, k, :, k * p :] = u_new
         # Mixed form: v' = l_v^-1 (v - K u) = l_v^T v - l_v^-1 K (u - K^T v), and
-        # u - K^T v = l_u Q u_new.
-        from_u = torch.linalg.solve_triangular(l_v, refl @ l_u @ q, upper=False)
+        # u - K^T v = l_u u_new.
+        from_u = torch.linalg.solve_triangular(l_v, refl @ l_u, upper=False)
         v = (l_v.mT @ v).baddbmm_(from_u, u_new, alpha=-1)[:, :, p:]
     ok = ~failed & torch.isfinite(r[:, -1, :, -p:]).all(dim=(-2, -1))
     return r.reshape(bsz, n_blk * p, n_blk * p), ok
@@ -649,35 +692,46 @@ def _metric_energies(
 ) -> torch.Tensor:
     """The energies of :func:`_frame_energies` (``(7, T, S)``), from the references and
     estimates ``signals`` (``(S, C, N)`` each), with the large buffers from ``lease``."""
-    n_src = signals[0].shape[0]
-    # The factorisation needs only the references' correlations: on 2-4 CPU threads it runs
-    # on one of them while the estimates' spectra are taken on another (its hundreds of tiny
-    # sequential ops would gain nothing from more; the two take about as long).
+    n_src, n_chan = signals[0].shape[:2]
+    lag = filter_len - 1
+    tiling = _tiling(signals[0].shape[-1], starts, win_len, n_fft, lag, n_src * n_chan)
+    # On 2-4 CPU threads, two threads share the work, one torch thread each (the factorisation's
+    # hundreds of tiny sequential ops would gain nothing from more): this one and a helper,
+    # which takes the frames' squares and the boundary correction while the references'
+    # spectra are taken, then the factorisation (it needs only the references'
+    # correlations) while the estimates' spectra are, and a share of every loop (spectra,
+    # cross-spectra, lags) once done with its own tasks.
     threads = torch.get_num_threads()
-    overlap = signals[0].device.type == "cpu" and 1 < threads <= _OVERLAP_MAX_THREADS
-    # Then it sums the frames' squares in the time domain, and shares the last cross-spectra
-    # and their correlation lags.
-    later: list[Future] = []
+    overlap = (
+        signals[0].device.type == "cpu" and 1 < threads <= _OVERLAP_MAX_THREADS and tiling.held
+    )
     try:  # the helper is joined before the thread setting is restored
         with ThreadPoolExecutor(max_workers=1) if overlap else nullcontext() as pool:
 
-            def run(fn: Callable, *args) -> None:
-                if pool is None:
-                    later.append(Future())
-                    later[-1].set_result(fn(*args))
-                else:
-                    later.append(pool.submit(fn, *args))
-
-            def refs_ready(r_refs: torch.Tensor) -> None:
+            def run(fn: Callable, *args) -> Future:
+                """``fn(*args)`` on the helper, or here and now without one."""
                 if pool is not None:
-                    torch.set_num_threads(1)  # one thread each
-                run(_factor_references, r_refs, signals[0], filter_len, lease)
-                run(_sample_energies, signals, starts, win_len)
+                    return pool.submit(fn, *args)
+                done: Future = Future()
+                done.set_result(fn(*args))
+                return done
 
+            if pool is not None:
+                torch.set_num_threads(1)
+            samples = run(_sample_energies, signals, starts, win_len) if overlap else None
+            factor: list[Future] = []
             r, spec = _track_correlations(
-                signals, starts, win_len, n_fft, filter_len - 1, refs_ready, lease, pool
+                signals,
+                tiling,
+                lag,
+                lambda r_refs: factor.append(
+                    run(_factor_references, r_refs, signals[0], filter_len, lease)
+                ),
+                lease,
+                pool,
             )
-            factored, samples = (f.result() for f in later)
+            factored = factor[0].result()
+            samples = (samples or run(_sample_energies, signals, starts, win_len)).result()
     finally:
         torch.set_num_threads(threads)
     c_all, c_own = _distortion_filters(factored, r, n_src, filter_len)
@@ -721,11 +775,36 @@ def _silent_frames(
     return silent
 
 
+class _Tiling(NamedTuple):
+    """Tiles of a track for its correlations (see :func:`_tiling`)."""
+
+    starts: list[int]
+    length: int
+    n_fft: int
+    per_group: int  # tiles whose spectra are held at once
+    held: bool  # the frames are the tiles, and the spectra of all are held at once
+
+
+def _tiling(
+    n_samples: int, starts: list[int], win_len: int, n_fft: int, lag: int, p: int
+) -> _Tiling:
+    """Frames that tile the track (the default, hop == window) are the tiles; otherwise tiles
+    of ``_CORR_TILE`` samples. Spectra of up to ``_MAX_SPEC_ELEMS`` are held at once (``p``
+    reference channels, as many estimate channels)."""
+    if win_len > lag and (len(starts) == 1 or starts[1] - starts[0] == win_len):
+        length, tile_fft = win_len, n_fft
+    else:
+        length = max(_CORR_TILE, 2 * lag + 2)
+        tile_fft = _next_fast_len(length + lag)
+    tiles = list(range(0, n_samples, length))
+    per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * (tile_fft // 2 + 1)))
+    held = length == win_len and per_group >= len(tiles)
+    return _Tiling(tiles, length, tile_fft, per_group, held)
+
+
 def _track_correlations(
     signals: list[torch.Tensor],
-    starts: list[int],
-    win_len: int,
-    n_fft: int,
+    tiling: _Tiling,
     lag: int,
     refs_ready: Callable[[torch.Tensor], None],
     lease: Lease | None = None,
@@ -736,53 +815,47 @@ def _track_correlations(
     ``refs_ready`` is called with those of the reference channels among themselves,
     ``(2 lag + 1, P, P)``, and those of the reference with the estimate channels come back.
 
-    Frames that tile the track (the default, hop == window) are the tiles, and their spectra
-    ``(2, F, T, P)`` (references, estimates) come back too for the metrics (None otherwise, or
-    when they would not fit in memory; from ``lease`` where given); then, with a ``helper``
-    (a thread), ``refs_ready`` is called before the estimates' spectra are taken, and the
-    helper shares the cross-spectra of the references with the estimates, and their lags."""
-    early = helper is not None
+    Where ``tiling.held``, the spectra of the frames ``(2, F, T, P)`` (references, estimates;
+    from ``lease`` where given) come back too for the metrics (None otherwise); then, with a
+    ``helper`` (a thread, only there), ``refs_ready`` is called before the estimates' spectra
+    are taken, and the helper takes the boundary correction and shares every loop."""
     p = signals[0].shape[0] * signals[0].shape[1]
-    n_samples = signals[0].shape[-1]
-    tiled = win_len > lag and (len(starts) == 1 or starts[1] - starts[0] == win_len)
-    if tiled:
-        tile_len, tile_fft = win_len, n_fft
+    tiles, tile_len, tile_fft = tiling.starts, tiling.length, tiling.n_fft
+    if helper is not None and not tiling.held:
+        raise ValueError("a helper thread is only used where all the spectra are held")
+    if helper is not None:
+        boundary = helper.submit(_boundary_correlations, signals, p, tiles[1:], lag)
     else:
-        tile_len = max(_CORR_TILE, 2 * lag + 2)
-        tile_fft = _next_fast_len(tile_len + lag)
-    tiles = list(range(0, n_samples, tile_len))
-    with record_function("bss_eval.correlations"):
-        boundary = _boundary_correlations(signals, p, tiles[1:], lag)
-    per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * (tile_fft // 2 + 1)))
-    if tiled and per_group >= len(tiles):
+        with record_function("bss_eval.correlations"):
+            boundary = _boundary_correlations(signals, p, tiles[1:], lag)
+    if tiling.held:
         shape = (2, tile_fft // 2 + 1, len(tiles), p)
         spec = _empty(lease, shape, torch.complex128, signals[0].device)
+        if helper is not None:
+            with record_function("bss_eval.spectra_correlations"):
+                _fill_spectra(spec[0], signals[:1], tiles, tile_len, tile_fft, helper)
+                accs = _cross_spectra(spec[0], spec[0], helper=helper, lease=lease)
+                boundary = boundary.result()
+                r_refs = _lags(accs[0], tile_fft, lag, helper) + boundary[..., :p]
+            refs_ready(r_refs)
+            with record_function("bss_eval.spectra_correlations"):
+                _fill_spectra(spec[1], signals[1:], tiles, tile_len, tile_fft, helper)
+                acc = _cross_spectra(spec[0], spec[1], helper=helper, lease=lease)[0]
+                return _lags(acc, tile_fft, lag, helper) + boundary[..., p:], spec
         with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[0], signals[:1], tiles, tile_len, tile_fft)
-            accs = _cross_spectra(spec[0], spec[0], lease=lease) if early else []
-        if early:
-            refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
-        with record_function("bss_eval.spectra_correlations"):
             _fill_spectra(spec[1], signals[1:], tiles, tile_len, tile_fft)
-            # with the references' own cross-spectra too, unless taken above already
-            if early:
-                accs += _cross_spectra(spec[0], spec[1], helper=helper, lease=lease)
-            else:
-                accs += _cross_spectra(spec[0], spec[0], spec[1], lease=lease)
-        if not early:
-            refs_ready(_lags(accs[0], tile_fft, lag) + boundary[..., :p])
-        if early:  # half the estimate channels each
-            k = accs[-1].shape[-1] // 2
-            half = helper.submit(_lags, accs[-1][..., k:], tile_fft, lag)
-            r = torch.cat([_lags(accs[-1][..., :k], tile_fft, lag), half.result()], dim=-1)
-        else:
-            r = _lags(accs[-1], tile_fft, lag)
-        return r + boundary[..., p:], spec
+            accs = _cross_spectra(spec[0], spec[0], spec[1], lease=lease)
+            r_refs = _lags(accs[0], tile_fft, lag) + boundary[..., :p]
+        refs_ready(r_refs)
+        with record_function("bss_eval.spectra_correlations"):
+            return _lags(accs[1], tile_fft, lag) + boundary[..., p:], spec
     acc = None
-    for t0 in range(0, len(tiles), per_group):
+    for t0 in range(0, len(tiles), tiling.per_group):
         # the spectra's buffer back to the pool for the next group
         with _SCRATCH.lease() as group, record_function("bss_eval.spectra_correlations"):
-            part = _spectra(signals, tiles[t0 : t0 + per_group], tile_len, tile_fft, p, group)[1]
+            these = tiles[t0 : t0 + tiling.per_group]
+            part = _spectra(signals, these, tile_len, tile_fft, p, group)[1]
         acc = part if acc is None else acc.add_(part)
     with record_function("bss_eval.correlations"):
         r = _lags(acc, tile_fft, lag) + boundary
