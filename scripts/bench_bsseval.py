@@ -16,7 +16,8 @@ printed too).
 
 Memory: a call needs about 0.8 GB of temporaries. glibc maps large blocks afresh on every
 call (a page fault per 4 KB page), so audiolab keeps its largest scratch buffers from one
-call to the next (``audiolab.utils.memory.ScratchPool``) and takes its FFTs a few rows at a
+call to the next (``audiolab.utils.memory.ScratchPool``, on transparent huge pages where the
+kernel has them) and takes its FFTs a few rows at a
 time (their outputs then come from the heap glibc already has); the "first call" row times a
 call after letting them go, what a single call in a fresh process pays. The last rows
 switch the whole process to ``audiolab.utils.memory.keep_freed_memory`` (what the museval

@@ -23,14 +23,17 @@ Where museval spends its time, and what is done here instead (same numbers):
   off the spectra by Parseval, so no inverse FFT is taken, in frequency chunks that stay in
   cache;
 * the factorisation needs only the references' correlations, so on 2-4 threads it runs on
-  a helper thread alongside the estimates' spectra; the helper then sums the frames' squares
-  and shares the last cross-spectra and their lags;
+  a helper thread alongside the estimates' spectra; before, the helper sums the frames'
+  squares and takes the boundary correction while the references' spectra are taken, and it
+  takes a share of every spectra, cross-spectra and lags loop once done with its own tasks;
 * memory: the frame spectra, the Schur factors, the filter spectra and the cross-spectra
   (0.7 GB for a 60-s 4-target track) come from a pool of buffers kept from one call to the
   next (:class:`audiolab.utils.memory.ScratchPool`; on Linux the kernel may take their pages
-  back between calls, and :func:`release_buffers` lets them go): mapped afresh on every
-  call, their page faults cost a third of a call. Every FFT runs on a few rows at a time, so
-  that its output and work buffers come from glibc's heap rather than fresh mappings;
+  back between calls, and :func:`release_buffers` lets them go), backed by transparent huge
+  pages where the kernel has them (the spectra are written and read with strides of
+  kilobytes): mapped afresh on every call, their page faults cost a third of a call. Every
+  FFT runs on a few rows at a time, so that its output and work buffers come from glibc's
+  heap rather than fresh mappings;
 * long tracks: up to 2 GiB of spectra are held at once (4 stereo targets up to 6.2
   minutes); longer tracks take their spectra group by group, twice (for the correlations,
   then for the energies), at about twice the time per second of audio.
