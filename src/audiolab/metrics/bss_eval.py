@@ -411,8 +411,9 @@ def _block_toeplitz_cholesky(
     Several lags are taken as one block (the same matrix is block Toeplitz with ``g P x g P``
     blocks too, ``g`` dividing ``L``): fewer steps, each a little dearer. ``lags_per_block``
     (None: the most with blocks of at most ``_SCHUR_BLOCK`` rows): for 512 taps of 8 channels,
-    one thread, 4 lags a block took 0.21 s, 2 lags 0.24 s, 8 lags 0.30 s, 1 lag 0.37 s (one
-    run; more lags a block: fewer steps, more arithmetic)."""
+    one thread, 4 lags a block took 0.11-0.17 s, 2 lags 0.11-0.14 s, 8 lags 0.19-0.24 s, 1
+    lag 0.15-0.25 s (best of 7 calls, three runs; more lags a block: fewer steps, more
+    arithmetic)."""
     if lags_per_block is None:
         lags_per_block = _lags_per_block(blocks.shape[1], blocks.shape[-1])
     blocks = _group_blocks(blocks, lags_per_block)
