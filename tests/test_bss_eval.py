@@ -343,6 +343,25 @@ def test_tiled_correlations_match_direct(window: int, n_samples: int) -> None:
             np.testing.assert_allclose(r[:, i, j].numpy(), shifted @ y[j], rtol=1e-9, atol=1e-8)
 
 
+def test_tiling_holds_frame_spectra_only_where_the_frames_tile_the_track(monkeypatch) -> None:
+    """The frames' own spectra serve the correlations only where the frames tile the track
+    (hop == window) and all fit at once; overlapping frames as long as the correlation tile
+    get tiles of their own."""
+    n = 10 * SR
+    starts, width = bss_eval._frame_starts(n, SR, SR)
+    n_fft = bss_eval._next_fast_len(width + 511)
+    tiling = bss_eval._tiling(n, starts, width, n_fft, 511, 4)
+    assert tiling.held and tiling.starts == starts and tiling.length == width
+    tile = bss_eval._CORR_TILE
+    starts, width = bss_eval._frame_starts(n, tile, tile // 2)
+    tiling = bss_eval._tiling(n, starts, width, bss_eval._next_fast_len(width + 511), 511, 4)
+    assert not tiling.held and tiling.length == tile
+    monkeypatch.setattr(bss_eval, "_MAX_SPEC_ELEMS", 3 * 8 * (n_fft // 2 + 1))
+    starts, width = bss_eval._frame_starts(n, SR, SR)
+    tiling = bss_eval._tiling(n, starts, width, n_fft, 511, 4)
+    assert not tiling.held and tiling.per_group == 3
+
+
 def test_chunked_long_track_path_gives_the_same_scores(monkeypatch) -> None:
     """Spectra recomputed per group of frames (what long tracks do to bound memory) and small
     FFT batches and chunks give the same numbers as one pass; each group's spectra buffer

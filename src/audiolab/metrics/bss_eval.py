@@ -795,15 +795,15 @@ def _tiling(
     """Frames that tile the track (the default, hop == window) are the tiles; otherwise tiles
     of ``_CORR_TILE`` samples. Spectra of up to ``_MAX_SPEC_ELEMS`` are held at once (``p``
     reference channels, as many estimate channels)."""
-    if win_len > lag and (len(starts) == 1 or starts[1] - starts[0] == win_len):
+    framed = win_len > lag and (len(starts) == 1 or starts[1] - starts[0] == win_len)
+    if framed:
         length, tile_fft = win_len, n_fft
     else:
         length = max(_CORR_TILE, 2 * lag + 2)
         tile_fft = _next_fast_len(length + lag)
     tiles = list(range(0, n_samples, length))
     per_group = max(1, _MAX_SPEC_ELEMS // (2 * p * (tile_fft // 2 + 1)))
-    held = length == win_len and per_group >= len(tiles)
-    return _Tiling(tiles, length, tile_fft, per_group, held)
+    return _Tiling(tiles, length, tile_fft, per_group, framed and per_group >= len(tiles))
 
 
 def _track_correlations(
@@ -828,7 +828,7 @@ def _track_correlations(
     if helper is not None and not tiling.held:
         raise ValueError("a helper thread is only used where all the spectra are held")
     if helper is not None:
-        boundary = helper.submit(_boundary_correlations, signals, p, tiles[1:], lag)
+        pending = helper.submit(_boundary_correlations, signals, p, tiles[1:], lag)
     else:
         with record_function("bss_eval.correlations"):
             boundary = _boundary_correlations(signals, p, tiles[1:], lag)
@@ -839,7 +839,7 @@ def _track_correlations(
             with record_function("bss_eval.spectra_correlations"):
                 _fill_spectra(spec[0], signals[:1], tiles, tile_len, tile_fft, helper)
                 accs = _cross_spectra(spec[0], spec[0], helper=helper, lease=lease)
-                boundary = boundary.result()
+                boundary = pending.result()
                 r_refs = _lags(accs[0], tile_fft, lag, helper) + boundary[..., :p]
             refs_ready(r_refs)
             with record_function("bss_eval.spectra_correlations"):
