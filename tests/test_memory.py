@@ -136,6 +136,26 @@ def test_scratch_buffers_ask_for_transparent_huge_pages():
 
 
 @needs_pooling
+def test_scratch_pool_works_where_the_kernel_refuses_huge_pages(monkeypatch):
+    """A kernel built without transparent huge pages answers MADV_HUGEPAGE with EINVAL (as it
+    does any advice it does not know, which stands in for it here): buffers still come."""
+    import mmap
+
+    probe = mmap.mmap(-1, 2**21, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with pytest.raises(OSError):
+        probe.madvise(12345)
+    probe.close()
+    monkeypatch.setattr(memory, "_HUGEPAGE", 12345)
+    pool = ScratchPool(min_bytes=2**20)
+    with pool.lease() as lease:
+        x = lease.empty((2**19,), torch.float64)  # 4 MB
+        x.fill_(3.0)
+        assert x.sum().item() == 3.0 * 2**19
+        del x
+    assert pool.kept_bytes() == 4 * 2**20
+
+
+@needs_pooling
 def test_scratch_pool_leases_in_use_do_not_share_and_the_pool_stays_under_its_cap():
     pool = ScratchPool(min_bytes=2**20, max_bytes=5 * 2**20)
     a, b = pool.lease(), pool.lease()

@@ -101,7 +101,10 @@ class ScratchPool:
         size = -(-nbytes // _UNIT) * _UNIT
         buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if _HUGEPAGE is not None:
-            buf.madvise(_HUGEPAGE)
+            try:
+                buf.madvise(_HUGEPAGE)
+            except OSError:  # EINVAL: a kernel built without transparent huge pages
+                pass
         return buf
 
     def _give_back(self, bufs: list[mmap.mmap]) -> None:
