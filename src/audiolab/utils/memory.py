@@ -164,7 +164,8 @@ class Lease:
 _UNIT = 2**21
 # Transparent huge pages asked for (where the kernel offers them only on request, the usual
 # setting): a 2 MB page per TLB entry, where the frequency-major spectra are written and read
-# with strides of kilobytes (a page per bin with 4 KB pages); 5-20 % off a BSSEval call.
+# with strides of kilobytes (a page per bin with 4 KB pages): 4-20 % off a steady BSSEval
+# call in alternating A/B runs (medians and bests).
 _HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 # Keeping buffers pays only where the kernel can be told that it may take their pages back.
 _POOLING = sys.platform.startswith("linux") and hasattr(mmap, "MADV_FREE")
