@@ -720,20 +720,15 @@ def _metric_energies(
                 done.set_result(fn(*args))
                 return done
 
-            if pool is not None:
-                torch.set_num_threads(1)
+            if overlap:
+                torch.set_num_threads(1)  # one torch thread each: this one and the helper
             samples = run(_sample_energies, signals, starts, win_len) if overlap else None
             factor: list[Future] = []
-            r, spec = _track_correlations(
-                signals,
-                tiling,
-                lag,
-                lambda r_refs: factor.append(
-                    run(_factor_references, r_refs, signals[0], filter_len, lease)
-                ),
-                lease,
-                pool,
-            )
+
+            def refs_ready(r_refs: torch.Tensor) -> None:
+                factor.append(run(_factor_references, r_refs, signals[0], filter_len, lease))
+
+            r, spec = _track_correlations(signals, tiling, lag, refs_ready, lease, pool)
             factored = factor[0].result()
             samples = (samples or run(_sample_energies, signals, starts, win_len)).result()
     finally:
