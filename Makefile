@@ -1,14 +1,24 @@
 # audiolab: `make train` (main job on built-in data) and `make test` are all a fresh
-# machine needs; both install first (once; again only when pyproject.toml changes).
+# machine needs; both install first (once; again only when the lock or pyproject.toml
+# changes).
+#
+# Dependencies: pyproject.toml says what audiolab needs; requirements.lock pins the whole
+# environment (every package, exact version, sha256 hashes). `make install` installs the
+# lock and nothing else (pip never resolves); `make lock` is the only way the lock changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# the locking tool, pinned so that a refresh is reproducible too
+UV := uv==0.13.9
+LOCK_VENV := .venv-lock
 
-.PHONY: help install train test test-fast lint clean-outputs
+.PHONY: help install lock train test test-fast lint clean-outputs
 
 help:
-	@echo "make install        create .venv, install ffmpeg (apt, when root) and audiolab[dev]"
+	@echo "make install        create .venv, install ffmpeg (apt, when root), the locked environment and audiolab"
+	@echo "make lock           re-resolve pyproject.toml's dependencies into requirements.lock (hashes included)"
 	@echo "make train          train the default job (CREPE tiny on synthetic tones); ARGS='key=value ...'"
 	@echo "make test           run the whole test suite (slow tests included)"
 	@echo "make test-fast      skip tests marked slow"
@@ -16,12 +26,18 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install_system_deps.sh
+$(STAMP): $(LOCK) pyproject.toml scripts/install_system_deps.sh
 	@bash scripts/install_system_deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade "pip>=24"
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+lock:
+	@test -x $(LOCK_VENV)/bin/uv || ($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install -q "$(UV)")
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --no-config --output-file $(LOCK)
 
 train: install
 	$(BIN)/python src/train.py $(ARGS)

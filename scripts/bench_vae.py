@@ -43,7 +43,7 @@ def run_config(model: str, args, out_dir: Path, name: str | None = None, max_ste
     ]
     if max_steps is not None:
         # the equal-epochs run: exactly as many training examples as the baseline saw
-        overrides += [f"+trainer.max_steps={max_steps}", "trainer.max_epochs=-1", "trainer.max_time=null"]
+        overrides += [f"trainer.max_steps={max_steps}", "trainer.max_epochs=-1", "trainer.max_time=null"]
     return compose_run("train", overrides, out_dir / (name or model))
 
 

@@ -152,7 +152,7 @@ def test_vae_trains_under_ddp(tmp_path, fsdd):
     clf = compose_config(
         "train",
         ["data=fsdd", "model=digit_classifier", "model.net.channels=[4,8]", "trainer=cpu", "trainer.max_epochs=1",
-         "+trainer.limit_train_batches=2", "test=false", "callbacks.rich_progress_bar=null", "logger=csv",
+         "trainer.limit_train_batches=2", "test=false", "callbacks.rich_progress_bar=null", "logger=csv",
          "extras.print_config=false", *data],
         tmp_path / "clf",
     )
@@ -162,7 +162,7 @@ def test_vae_trains_under_ddp(tmp_path, fsdd):
     run_dir = ddp_train(
         tmp_path / "vae",
         "data=fsdd", "model=vae", "model.net.filters=[8,8,8,8,8]", "model.net.latent_dim=8",
-        "model.prior_components=2", "+trainer.limit_train_batches=2", f"model.classifier_ckpt={clf_ckpt}",
+        "model.prior_components=2", "trainer.limit_train_batches=2", f"model.classifier_ckpt={clf_ckpt}",
         "model.samples_per_class=3", "callbacks=vae", "callbacks.vae_media.n_items=2", "callbacks.vae_media.n_audio=1",
         "logger.wandb.mode=offline", *data, logger="many_loggers",
     )

@@ -30,7 +30,8 @@ def test_file_that_is_not_a_checkpoint(tmp_path):
     bogus.write_text("this is not a checkpoint\n")
     proc = run_cli("eval", f"ckpt={bogus}", f"paths.log_dir={tmp_path}", check=False)
     assert proc.returncode == 1
-    assert f"error: {bogus} is not a PyTorch checkpoint" in proc.stderr
+    assert f"error: {bogus} cannot be loaded as a checkpoint (the file is damaged or is not a PyTorch checkpoint)" in proc.stderr
+    assert "weights_only" not in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
 
 

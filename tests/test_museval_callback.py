@@ -283,7 +283,7 @@ def test_validation_every_n_epochs(synth_root, tmp_path):
     overrides = [
         *synth_overrides(synth_root),
         "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=1",
+        "trainer.limit_train_batches=1",
         "callbacks.museval.every_n_val_epochs=2",
         "callbacks.museval.val_backend=fast",
         "+trainer.num_sanity_val_steps=0",
@@ -348,7 +348,7 @@ def test_ddp_splits_tracks_across_ranks_and_aggregates_on_rank_zero(tmp_path):
         *TINY_NET,
         "trainer=cpu",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=1",
+        "trainer.limit_train_batches=1",
         "test=false",
         "callbacks=separation",
         "callbacks.rich_progress_bar=null",

@@ -1,7 +1,11 @@
 """Command-line entry points (``src/train.py``, ``src/eval.py``, ``src/generate.py``,
 ``src/separate.py``, ``src/predict.py`` and the console scripts ``audiolab-train``,
 ``audiolab-eval``, ``audiolab-generate``, ``audiolab-separate``, ``audiolab-predict``).
-Hydra composes ``conf/`` at the repository root."""
+
+Hydra composes ``conf/`` at the repository root in a clone (an editable install), else the
+copy of it that ships inside the wheel (``audiolab/conf``); ``AUDIOLAB_CONFIG_DIR`` names
+another folder. ``data/`` and ``outputs/`` are under the repository root in a clone, else
+under the current directory (``AUDIOLAB_ROOT`` names another)."""
 
 from __future__ import annotations
 
@@ -16,17 +20,21 @@ from omegaconf import DictConfig
 from audiolab.utils.errors import AudiolabError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = Path(os.environ.get("AUDIOLAB_CONFIG_DIR", REPO_ROOT / "conf"))
+IN_CLONE = (REPO_ROOT / "conf" / "train.yaml").is_file() and (REPO_ROOT / "src" / "audiolab").is_dir()
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = Path(
+    os.environ.get("AUDIOLAB_CONFIG_DIR") or (REPO_ROOT / "conf" if IN_CLONE else PACKAGED_CONFIG_DIR)
+)
 
 
 def _prepare() -> None:
     if not (CONFIG_DIR / "train.yaml").is_file():
         sys.exit(
-            f"error: audiolab's configs were not found in {CONFIG_DIR}; install audiolab from a "
-            "clone with `pip install -e .` or set AUDIOLAB_CONFIG_DIR to the clone's conf/ folder"
+            f"error: audiolab's configs were not found in {CONFIG_DIR}; reinstall audiolab, or set "
+            "AUDIOLAB_CONFIG_DIR to a folder holding its conf/ files"
         )
     # conf/paths/default.yaml roots every path here (data/, outputs/).
-    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT))
+    os.environ.setdefault("AUDIOLAB_ROOT", str(REPO_ROOT if IN_CLONE else Path.cwd()))
     from audiolab.utils.resume import register_resolvers
 
     register_resolvers()  # the run dir of resume=... (conf/hydra/default.yaml)
@@ -48,7 +56,7 @@ def compose_run(config_name: str, overrides: list[str], output_dir: str | Path) 
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
-        cfg.paths.work_dir = str(REPO_ROOT)
+        cfg.paths.work_dir = os.environ["AUDIOLAB_ROOT"]
         del cfg["hydra"]
     return cfg
 

@@ -16,7 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiolab.reports import write_report
 from audiolab.utils.checkpoint import load_checkpoint, stored_config
+from audiolab.utils.errors import AudiolabError
 from audiolab.utils.hydra import instantiate_callbacks, instantiate_loggers, task_wrapper
+from audiolab.utils.targets import check_targets
+from audiolab.utils.validate import validate_options
 
 log = logging.getLogger("audiolab")
 
@@ -44,6 +47,20 @@ def run_config(cfg: DictConfig, checkpoint: dict[str, Any]) -> DictConfig:
     return stored
 
 
+def check_task_match(run: DictConfig, ckpt: str) -> None:
+    """Refuse data of another task than the checkpoint's model (``data=synth_pitch`` for a
+    separation checkpoint), naming both, before anything is built."""
+    module_cls = hydra.utils.get_class(run.model._target_)
+    data_cls = hydra.utils.get_class(run.data._target_)
+    task, served = getattr(module_cls, "task", ""), getattr(data_cls, "tasks", ())
+    if task and served and task not in served:
+        raise AudiolabError(
+            f"{ckpt} holds a {task} model ({module_cls.__name__}) but the data is for "
+            f"{' / '.join(served)} ({data_cls.__name__}): choose a {task} data config, or leave "
+            "data= out to evaluate on the checkpoint's own data"
+        )
+
+
 def print_table(rows: list[tuple[str, float, float | str | None]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -62,6 +79,10 @@ def print_table(rows: list[tuple[str, float, float | str | None]], title: str) -
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     checkpoint = load_checkpoint(cfg.ckpt)
     run = run_config(cfg, checkpoint)
+    check_targets(run, str(cfg.ckpt))  # the stored config was checked; this command's changes too
+    check_task_match(run, str(cfg.ckpt))
+    validate_options(cfg)  # this command's trainer
+    validate_options(run)  # the data and model it evaluates
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

@@ -22,6 +22,7 @@ from audiolab.utils.hydra import (
     task_wrapper,
 )
 from audiolab.utils.resume import resumed_config, wants_resume
+from audiolab.utils.validate import validate_options
 
 log = logging.getLogger("audiolab")
 
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if wants_resume(cfg.get("resume"), cfg.get("ckpt_path")):
         cfg = resumed_config(cfg)
         log.info(f"resuming {cfg.paths.output_dir} from {cfg.ckpt_path}")
+    validate_options(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     fill_task_defaults(cfg)

@@ -191,6 +191,8 @@ class FsddDataModule(L.LightningDataModule):
         batch_size, eval_batch_size, num_workers, pin_memory: loaders.
     """
 
+    tasks = ("generation", "digit classification")  # the task modules (``TaskModule.task``) this data serves
+
     def __init__(
         self,
         root: str = "data/fsdd",

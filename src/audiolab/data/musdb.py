@@ -532,6 +532,8 @@ class MusdbDataModule(L.LightningDataModule):
             with these parameters of ``write_synthetic_musdb``.
     """
 
+    tasks = ("separation",)  # the task modules (``TaskModule.task``) this data serves
+
     def __init__(
         self,
         root: str = "data/musdb18",

@@ -149,6 +149,8 @@ class PitchEvalDataModule(L.LightningDataModule):
         batch_size: whole clips per batch (padded to the longest).
     """
 
+    tasks = ("pitch",)  # the task modules (``TaskModule.task``) this data serves
+
     sample_rate = SAMPLE_RATE
 
     def __init__(

@@ -298,6 +298,8 @@ class PitchMixDataModule(L.LightningDataModule):
         progress: progress bars while caching.
     """
 
+    tasks = ("pitch",)  # the task modules (``TaskModule.task``) this data serves
+
     def __init__(
         self,
         sources: dict[str, SynthSource | TeacherSource],

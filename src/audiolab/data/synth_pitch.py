@@ -261,6 +261,8 @@ class SynthPitchDataModule(L.LightningDataModule):
         renderer: extra keyword arguments of :class:`SynthToneRenderer`.
     """
 
+    tasks = ("pitch",)  # the task modules (``TaskModule.task``) this data serves
+
     def __init__(
         self,
         sample_rate: int = 16000,

@@ -20,6 +20,7 @@ class TaskModule(L.LightningModule):
             every ``scheduler_interval`` (``epoch`` or ``step``).
     """
 
+    task: str = ""  # what the task is called in messages; DataModules list the tasks they serve
     monitor: str = "val/loss"
     monitor_mode: str = "min"
 

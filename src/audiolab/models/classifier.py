@@ -38,6 +38,7 @@ class ClassifierModule(TaskModule):
         label_smoothing: of the cross-entropy.
     """
 
+    task = "digit classification"
     monitor = "val/acc"
     monitor_mode = "max"
 

@@ -52,6 +52,7 @@ class PitchModule(TaskModule):
             starts from random weights.
     """
 
+    task = "pitch"
     monitor = "val/rpa"
     monitor_mode = "max"
 

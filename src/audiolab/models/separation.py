@@ -34,6 +34,7 @@ class SeparationModule(TaskModule):
             separate (see :func:`separate`).
     """
 
+    task = "separation"
     monitor = "val/sdr_mean"
     monitor_mode = "max"
 

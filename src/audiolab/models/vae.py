@@ -59,6 +59,7 @@ class VAEModule(TaskModule):
             Kingma and Dhariwal 2018).
     """
 
+    task = "generation"
     monitor = "val/lsd"
     monitor_mode = "min"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from audiolab.utils.errors import CheckpointError
+from audiolab.utils.targets import check_targets
 
 log = logging.getLogger("audiolab")
 
@@ -44,11 +46,23 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint that can be loaded safely ({reason}); {hint}") from None
+        raise CheckpointError(f"{path} cannot be loaded as a checkpoint ({_load_failure(exc)}); {hint}") from None
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not an audiolab checkpoint (it carries no stored run config); {hint}")
+    check_targets(stored_config(checkpoint), str(path))  # before anything is built from it
     return checkpoint
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words. torch's own message
+    suggests ``weights_only=False``, which would run whatever the file holds: never quoted."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if refused:
+        return (
+            f"it holds a Python object ({refused.group(1)}) that a safe load refuses; audiolab "
+            "checkpoints hold only tensors and plain values"
+        )
+    return "the file is damaged or is not a PyTorch checkpoint"
 
 
 def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +71,9 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def load_module(path: str | Path, device: str | torch.device = "cpu"):
     """The LightningModule of an audiolab checkpoint, rebuilt from its stored config, with
-    its weights, in eval mode. Returns ``(module, run_config)``."""
+    its weights, in eval mode. Returns ``(module, run_config)``. Every ``_target_`` of the
+    stored config is checked against :data:`audiolab.utils.targets.ALLOWED_TARGETS` first
+    (in :func:`load_checkpoint`)."""
     import hydra
     from omegaconf import OmegaConf
 
