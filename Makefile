@@ -30,7 +30,8 @@ $(STAMP): $(LOCK) pyproject.toml scripts/install_system_deps.sh
 	@bash scripts/install_system_deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	# compat: a plain path entry for src/, so Hydra finds the plugins in src/hydra_plugins
+	$(BIN)/python -m pip install --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 

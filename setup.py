@@ -5,7 +5,8 @@ console scripts of an installed wheel find them (``audiolab.cli.config_dir``).""
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages("src", include=["audiolab", "audiolab.*"]), "audiolab.conf"],
+    packages=[*find_packages("src", include=["audiolab", "audiolab.*"]),
+              "audiolab.conf", "hydra_plugins.audiolab_sweepers"],
     package_dir={"": "src", "audiolab.conf": "conf"},
     package_data={"audiolab.conf": ["*.yaml", "**/*.yaml"]},
     exclude_package_data={"audiolab.conf": ["local/*"]},

@@ -285,3 +285,55 @@ def test_a_reversed_sweep_stops_before_any_job(tmp_path):
     assert proc.returncode == 1
     assert "error: hydra.sweeper.direction=minimize but optimized_mode=max" in proc.stderr, proc.stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("overrides.yaml"))
+
+
+@pytest.mark.slow
+def test_a_trial_without_validation_fails_and_the_sweep_goes_on(tmp_path):
+    """limit_val_batches=0: that trial never logs val/rpa; Optuna records it as failed with
+    the reason and the other trials still run and rank."""
+    proc = run_cli(
+        "train",
+        "hparams_search=pitch_optuna",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.sampler.n_startup_trials=4",
+        "hydra.sweeper.sampler.seed=0",  # draws both values within 4 trials
+        "trainer.limit_val_batches=0,1",
+        "debug=limit",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "callbacks.rich_progress_bar=null",
+        *SMALL,
+        f"paths.log_dir={tmp_path}",
+    )
+    (sweep,) = list((tmp_path / "debug" / "multirun").iterdir())
+    failed, completed = [], []
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        overrides = dict(o.split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        log = (job / "debug.log").read_text()
+        (returned,) = re.findall(r"Succeeded with return value: (\S+)", log)
+        if overrides["trainer.limit_val_batches"] == "0":
+            assert "optimized_metric='val/rpa' was never logged" in log and returned == "nan"
+            assert (job / "checkpoints" / "last.ckpt").is_file()  # the run kept its checkpoint
+            failed.append(job.name)
+        else:
+            assert 0.0 <= float(returned) <= 1.0
+            completed.append(job.name)
+    assert failed and completed, (failed, completed)  # the seeded sampler draws both
+    for number in failed:
+        assert f"trial {number} failed: optimized_metric='val/rpa' was never logged" in proc.stdout + proc.stderr
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.best_params["trainer.limit_val_batches"] == 1
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_before_validation_exits_cleanly(tmp_path):
+    proc = run_cli(
+        "train", "trainer.max_steps=2", "trainer.limit_val_batches=0", *SMALL,
+        "callbacks.rich_progress_bar=null", f"paths.log_dir={tmp_path}", check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "was never logged" in line]
+    assert len(warnings) == 1 and "optimized_metric='val/rpa'" in warnings[0], warnings
+    assert "Traceback" not in proc.stderr
+    (run,) = list((tmp_path / "train").iterdir())
+    assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -76,11 +76,16 @@ def _run(config_name: str, task) -> None:
 
 def _train(cfg: DictConfig) -> float | None:
     from audiolab.train import train
-    from audiolab.utils.hydra import apply_extras, metric_value
+    from audiolab.utils.hydra import apply_extras, in_multirun, metric_value
 
     apply_extras(cfg)
     metrics, _ = train(cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    value = metric_value(metrics, cfg.get("optimized_metric"))
+    if value is None and in_multirun():
+        # a sweeper needs a number: NaN, which audiolab's Optuna sweeper records as a failed
+        # trial before it goes on (hydra_plugins/audiolab_sweepers)
+        return float("nan")
+    return value
 
 
 def _eval(cfg: DictConfig) -> None:

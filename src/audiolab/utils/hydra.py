@@ -146,12 +146,22 @@ def log_hyperparameters(config: dict[str, Any], model, trainer) -> None:
 
 
 def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
-    """The value of ``name`` in ``metrics`` as a float (for sweepers)."""
+    """The value of ``name`` in ``metrics`` as a float (for sweepers), or None with one
+    warning line when the run never logged it (it ended before its first validation)."""
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(
-            f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}. "
-            "Set optimized_metric to one of them."
+        log.warning(
+            f"optimized_metric={name!r} was never logged: the run ended before its first validation "
+            "(trainer.max_steps, max_time or limit_val_batches stopped it); it returns no value"
         )
+        return None
     return float(metrics[name])
+
+
+def in_multirun() -> bool:
+    """True inside a job of a multirun (``-m``, sweeps)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
