@@ -85,8 +85,8 @@ def load_module(path: str | Path, device: str | torch.device = "cpu"):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes every checkpoint to a temporary file beside its target, flushes it to disk
-    and renames it over the target: a run killed at any moment (SIGKILL, OOM, a preempted
+    """Reads checkpoints with ``weights_only=True``. Writes every checkpoint to a temporary
+    file beside its target, flushes it to disk and renames it over the target: a run killed at any moment (SIGKILL, OOM, a preempted
     node) leaves the previous ``last.ckpt`` whole, never a truncated one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
@@ -105,6 +105,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's reads (``ckpt_path=...``, resume, testing the best checkpoint) are
+        safe loads too: tensors and plain values, never pickled objects."""
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 def _fsync_dir(folder: Path) -> None:
