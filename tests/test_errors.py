@@ -77,3 +77,20 @@ def test_console_scripts_compose_the_same_configs():
         [str(bindir / "audiolab-eval"), "ckpt=/nonexistent/x.ckpt"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 1 and "error: checkpoint not found: /nonexistent/x.ckpt" in out.stderr
+
+
+def test_eval_names_both_tasks_when_data_and_model_disagree(tmp_path):
+    """A separation checkpoint with pitch data: refused before anything is built, naming both."""
+    from omegaconf import OmegaConf
+
+    from audiolab.utils.checkpoint import CONFIG_KEY
+
+    stored = compose_config("train", ["data=musdb_synth", "model=tfc_tdf"], tmp_path / "run")
+    ckpt = tmp_path / "separation.ckpt"
+    torch.save({"state_dict": {}, CONFIG_KEY: {"format": 1, "config": OmegaConf.to_container(stored, resolve=True)}}, ckpt)
+    proc = run_cli("eval", f"ckpt={ckpt}", "data=synth_pitch", f"paths.log_dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "holds a separation model (SeparationModule) but the data is for pitch (SynthPitchDataModule)" in errors[0]
+    assert "sample_rate" not in errors[0]
