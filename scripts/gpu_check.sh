@@ -8,7 +8,7 @@
 #    where FSDD is found: $FSDD_ROOT, data/fsdd or ../shared/data/fsdd);
 # 2. trainer=ddp over every GPU present (pitch, a few steps);
 # 3. separate.py on 60 s of audio on the GPU, with the checkpoint of step 1;
-# 4. eval.py of that checkpoint with the fast BSSEval (callbacks=separation_museval,
+# 4. eval.py of that checkpoint with the fast BSSEval (+callbacks=museval,
 #    test_backend=fast), and audiolab's BSSEval v4 on CUDA against the CPU on one 60-s
 #    4-target track: largest |difference| per metric and seconds on each.
 # Then one summary table. Every step runs even when one before it failed; the script exits
@@ -32,7 +32,7 @@ else
 fi
 export GPU_CHECK_DEVICE=$DEVICE
 COMMON=(logger=csv callbacks.rich_progress_bar=null extras.print_config=false "paths.log_dir=$OUT/runs")
-STEPS=(trainer.max_epochs=1 trainer.max_steps=8 trainer.limit_val_batches=2 trainer.limit_test_batches=2 trainer.num_sanity_val_steps=0)
+STEPS=(trainer.max_epochs=1 trainer.max_steps=8 trainer.limit_train_batches=8 trainer.limit_val_batches=2 trainer.limit_test_batches=2 trainer.num_sanity_val_steps=0)
 ROWS=()
 FAILED=0
 
@@ -74,7 +74,7 @@ sf.write('$OUT/mix60.wav', sum(stems.values()).T.astype(np.float32), 44100)
 print('60 s mixture written')"
     step separate_60s -- "$PY" src/separate.py "ckpt=$SEP_CKPT" "input=$OUT/mix60.wav" "output=$OUT/separated" \
         device=$DEVICE "paths.log_dir=$OUT/runs"
-    step eval_fast_bsseval -- "$PY" src/eval.py "ckpt=$SEP_CKPT" callbacks=separation_museval \
+    step eval_fast_bsseval -- "$PY" src/eval.py "ckpt=$SEP_CKPT" +callbacks=museval \
         callbacks.museval.test_backend=fast trainer.accelerator=$ACCEL "paths.log_dir=$OUT/runs"
 else
     ROWS+=("separate_60s|skipped|0|no separation checkpoint (separation_bf16 failed)")
