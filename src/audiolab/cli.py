@@ -61,12 +61,21 @@ def compose_run(config_name: str, overrides: list[str], output_dir: str | Path) 
     return cfg
 
 
-def _run(config_name: str, task) -> None:
+def _run(config_name: str, task: str) -> None:
+    """Run ``task`` (``"module:function"`` of audiolab, imported when the job starts) as the
+    Hydra app of ``conf/<config_name>.yaml``, after the config extras (warnings, config
+    tree). A user error (:class:`AudiolabError`) ends it with one ``error:`` line."""
     _prepare()
+    module, function = task.split(":")
 
     def entry(cfg: DictConfig):
+        import importlib
+
+        from audiolab.utils.hydra import apply_extras
+
+        apply_extras(cfg)
         try:
-            return task(cfg)
+            return getattr(importlib.import_module(f"audiolab.{module}"), function)(cfg)
         except AudiolabError as exc:
             # A SystemExit passes through Hydra's error reporting: one line, no traceback.
             raise SystemExit(f"error: {exc}") from None
@@ -74,11 +83,11 @@ def _run(config_name: str, task) -> None:
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(entry)()
 
 
-def _train(cfg: DictConfig) -> float | None:
+def train_objective(cfg: DictConfig) -> float | None:
+    """Train, and return ``optimized_metric`` to a sweeper (None when it was never logged)."""
     from audiolab.train import train
-    from audiolab.utils.hydra import apply_extras, in_multirun, metric_value
+    from audiolab.utils.hydra import in_multirun, metric_value
 
-    apply_extras(cfg)
     metrics, _ = train(cfg)
     value = metric_value(metrics, cfg.get("optimized_metric"))
     if value is None and in_multirun():
@@ -88,40 +97,8 @@ def _train(cfg: DictConfig) -> float | None:
     return value
 
 
-def _eval(cfg: DictConfig) -> None:
-    from audiolab.evaluate import evaluate
-    from audiolab.utils.hydra import apply_extras
-
-    apply_extras(cfg)
-    evaluate(cfg)
-
-
-def _generate(cfg: DictConfig) -> None:
-    from audiolab.generate import generate
-    from audiolab.utils.hydra import apply_extras
-
-    apply_extras(cfg)
-    generate(cfg)
-
-
-def _separate(cfg: DictConfig) -> None:
-    from audiolab.separate import separate_files
-    from audiolab.utils.hydra import apply_extras
-
-    apply_extras(cfg)
-    separate_files(cfg)
-
-
-def _predict(cfg: DictConfig) -> None:
-    from audiolab.predict import predict_files
-    from audiolab.utils.hydra import apply_extras
-
-    apply_extras(cfg)
-    predict_files(cfg)
-
-
 def train_main() -> None:
-    _run("train", _train)
+    _run("train", "cli:train_objective")
 
 
 # Dotted overrides of the stored run config (data.root=..., model.decoder=...) are not keys
@@ -133,16 +110,16 @@ def eval_main() -> None:
     sys.argv = [sys.argv[0]] + [
         ("++" + a if _STORED_OVERRIDE.match(a) else a) for a in sys.argv[1:]
     ]
-    _run("eval", _eval)
+    _run("eval", "evaluate:evaluate")
 
 
 def generate_main() -> None:
-    _run("generate", _generate)
+    _run("generate", "generate:generate")
 
 
 def separate_main() -> None:
-    _run("separate", _separate)
+    _run("separate", "separate:separate_files")
 
 
 def predict_main() -> None:
-    _run("predict", _predict)
+    _run("predict", "predict:predict_files")
