@@ -129,9 +129,10 @@ def test_predict_cli_on_bad_input(tmp_path):
     assert "2 of 8 files could not be read (the others were written)" in proc.stderr
     assert "nan.wav contains NaN or infinite samples (the first at 0.250 s)" in log and "nan_to_num" in log
     assert "cannot read" in log and "corrupt.wav" in log
-    assert sorted(p.name for p in out.iterdir()) == [
-        "clipped.csv", "dc.csv", "phone.csv", "short.csv", "silence.csv", "stereo.csv"
-    ]
+    written = ("clipped", "dc", "phone", "short", "silence", "stereo")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}.csv" for n in written] + [f"{n}.settings.json" for n in written]  # the settings records
+    )
     # documented results
     silence = read_csv(out / "silence.csv")
     assert (silence[:, 2] == 0).all()  # periodicity 0 on digital silence

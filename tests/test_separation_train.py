@@ -89,9 +89,9 @@ def test_separate_cli_on_a_folder(trained, tmp_path):
     assert "broken.mp3" in proc.stdout + proc.stderr
     for name in ("song", "mono_22k"):
         files = sorted(p.name for p in (out / name).iterdir())
-        assert files == ["accompaniment.wav", "bass.wav", "drums.wav", "other.wav", "vocals.wav"], (
-            files
-        )
+        assert files == [
+            "accompaniment.wav", "bass.wav", "drums.wav", "other.wav", "settings.json", "vocals.wav"
+        ], files  # settings.json: the settings record (audiolab.utils.file_jobs)
     mix, rate = sf.read(inputs / "song.wav", dtype="float32", always_2d=True)
     stems = [
         sf.read(out / "song" / f"{t}.wav", dtype="float32", always_2d=True)

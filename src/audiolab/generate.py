@@ -1,9 +1,13 @@
 """Generation task: prior samples of a trained VAE, or a latent interpolation between two
-recordings, as wav files and a spectrogram grid."""
+recordings, as wav files and a spectrogram grid.
+
+The output folder is checked before the model is loaded; the files are written as
+``.partial`` files and renamed into place once all of them are complete."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import soundfile as sf
@@ -13,6 +17,7 @@ from omegaconf import DictConfig
 from audiolab.audio.features import spectrogram_to_audio
 from audiolab.utils.checkpoint import load_module
 from audiolab.utils.errors import AudiolabError
+from audiolab.utils.file_jobs import check_output_folder, partial_path
 from audiolab.utils.hydra import task_wrapper
 from audiolab.utils.media import figure_to_array
 from audiolab.utils.plots import spectrogram_grid
@@ -22,13 +27,13 @@ log = logging.getLogger("audiolab")
 
 @task_wrapper
 def generate(cfg: DictConfig) -> tuple[dict, dict]:
+    out = check_output_folder(cfg.output if cfg.output else cfg.paths.output_dir)
     module, run = load_module(cfg.ckpt, cfg.device)
     if not hasattr(module, "sample") or not hasattr(module, "db_range"):
         raise AudiolabError(f"{cfg.ckpt} is a {type(module).__name__} checkpoint; generate.py needs a VAE checkpoint")
     data = run.data
     if data.get("feature") != "log_spectrogram":
         raise AudiolabError(f"the VAE was trained on {data.get('feature')!r} features; only log_spectrogram can be turned into sound")
-    out = Path(cfg.output if cfg.output else cfg.paths.output_dir)
     if cfg.get("interpolate"):
         specs, lo, hi, labels, titles, prefix = _interpolation(module, data, cfg)
     else:
@@ -42,20 +47,58 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
         specs, lo, hi, n_fft=data.n_fft, hop_length=data.hop_length, n_iter=cfg.griffin_lim_iters, length=length
     )
 
-    out.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i, wave in enumerate(waves.cpu()):
-        suffix = f"_digit{int(labels[i])}" if labels is not None and prefix == "sample" else ""
-        path = out / f"{prefix}_{i:03d}{suffix}.wav"
-        sf.write(path, wave.numpy(), data.sample_rate)
-        names.append(path.name)
     import matplotlib.pyplot as plt
 
+    names = []
+    writes = []
+    for i, wave in enumerate(waves.cpu()):
+        suffix = f"_digit{int(labels[i])}" if labels is not None and prefix == "sample" else ""
+        name = f"{prefix}_{i:03d}{suffix}.wav"
+        writes.append((name, lambda p, wave=wave: sf.write(p, wave.numpy(), data.sample_rate, format="WAV")))
+        names.append(name)
     row = "interpolation" if prefix == "interp" else "prior sample"
-    plt.imsave(out / f"{prefix}s.png", figure_to_array(spectrogram_grid({row: specs}, titles)))
+    grid = figure_to_array(spectrogram_grid({row: specs}, titles))
+    writes.append((f"{prefix}s.png", lambda p: plt.imsave(p, grid, format="png")))
+    _write_all(out, writes)
     log.info(f"wrote {len(names)} clips and {prefix}s.png to {out}")
     print(f"{len(names)} clips in {out}")
     return {"files": names, "output": str(out)}, {"module": module}
+
+
+def _write_all(out: Path, writes: list[tuple[str, Callable[[Path], None]]]) -> None:
+    """``write(out / name.partial)`` for each file, then every file renamed into place:
+    a failure or an interruption leaves no half-written set (and no folder made for it)."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    partials = [partial_path(out / name) for name, _ in writes]
+    try:
+        for partial, (_, write) in zip(partials, writes, strict=True):
+            write(partial)
+        for partial, (name, _) in zip(partials, writes, strict=True):
+            partial.replace(out / name)
+    except BaseException:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _read_recording(path: Path, duration: float, sample_rate: int) -> torch.Tensor:
+    """A recording as the VAE's training clips were made: mono, padded or cut to
+    ``duration`` seconds, at ``sample_rate``. Any rate, channel count and length."""
+    import math
+
+    import torchaudio
+
+    from audiolab.audio.features import pad_or_trim
+    from audiolab.pitch.inference import read_audio
+
+    audio, rate = read_audio(path)
+    audio = pad_or_trim(audio, math.ceil(duration * rate))
+    if rate != sample_rate:
+        audio = torchaudio.functional.resample(audio, rate, sample_rate)
+    return pad_or_trim(audio, round(duration * sample_rate))
 
 
 def _prior_samples(module, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,7 +126,7 @@ def _check_digit(digit, n_classes: int) -> int:
 def _interpolation(module, data, cfg: DictConfig):
     """Encode two recordings with the training run's feature pipeline, decode ``steps``
     points between their posterior means; the dB range is blended the same way."""
-    from audiolab.data.fsdd import FILE_PATTERN, FsddFeatures, load_clips
+    from audiolab.data.fsdd import FILE_PATTERN, FsddFeatures
 
     paths = [Path(p).expanduser() for p in cfg.interpolate]
     if len(paths) != 2:
@@ -94,7 +137,7 @@ def _interpolation(module, data, cfg: DictConfig):
     steps = int(cfg.steps)
     if steps < 2:
         raise AudiolabError(f"steps must be at least 2 (the two ends), got {steps}")
-    audio, _ = load_clips(paths, data.duration, data.sample_rate, on_bad_file="error")
+    audio = torch.stack([_read_recording(p, data.duration, data.sample_rate) for p in paths])
     features = FsddFeatures(data.feature, data.sample_rate, data.n_fft, data.hop_length, data.n_mels)(audio)
     device = module.device
     labels = None

@@ -1,10 +1,12 @@
 """Pitch tracking task: ``python src/predict.py ckpt=<tiny|full|checkpoint> input=<file or
 folder> output=DIR``.
 
-One model load; for every audio file under ``input`` a CSV ``time,f0,periodicity`` and a
-PNG of the contour over the spectrogram in ``output`` (the folder's layout is kept). A file
-that cannot be read is reported by name and the others go on; the run then exits with
-status 1."""
+One model load; for every audio file under ``input`` a CSV ``time,f0,periodicity``, a PNG
+of the contour over the spectrogram and the settings record ``<name>.settings.json`` in
+``output``, whose layout mirrors the input folder's (``in/a/x.wav`` -> ``out/a/x.csv``).
+A file that cannot be read is reported by name and the others go on; the run then exits
+with status 1. Reruns, settings records and interruptions:
+:mod:`audiolab.utils.file_jobs`."""
 
 from __future__ import annotations
 
@@ -13,41 +15,68 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from audiolab.pitch.inference import PitchInputError, load_model, predict_files_to_files
-from audiolab.separate import resolve_device
-from audiolab.separation.files import AudioFileError, find_audio_files
+from audiolab.pitch.decode import DECODERS
+from audiolab.pitch.inference import load_model, write_pitch_files
+from audiolab.utils.devices import resolve_device
 from audiolab.utils.errors import AudiolabError
+from audiolab.utils.file_jobs import (
+    FileJob,
+    check_output_folder,
+    find_inputs,
+    finish,
+    model_identity,
+    place_outputs,
+    run_jobs,
+)
 from audiolab.utils.hydra import task_wrapper
 
 log = logging.getLogger("audiolab")
 
 
-def output_paths(files: list[Path], source: Path, out: Path) -> list[Path]:
-    """``out/<path below source>.csv`` for each file (``out/<name>.csv`` for a single file).
-    Two inputs that would share an output (``a.wav`` and ``a.flac``) are refused."""
-    base = source if source.is_dir() else source.parent
-    outputs = [out / f.relative_to(base).with_suffix(".csv") for f in files]
-    seen: dict[Path, Path] = {}
-    for f, o in zip(files, outputs, strict=True):
-        if o in seen:
-            raise AudiolabError(
-                f"{seen[o]} and {f} would both write {o}: rename one of them or run them separately"
-            )
-        seen[o] = f
-    return outputs
+def pitch_job(source: Path, csv: Path, plot: bool) -> FileJob:
+    """``x.csv`` (+ ``x.png``) and the record ``x.settings.json``."""
+    outputs = [csv, csv.with_suffix(".png")] if plot else [csv]
+    return FileJob(source, tuple(outputs), csv.with_suffix(".settings.json"))
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    """The tracking settings, checked before the model is loaded (not as a traceback in
+    the first file)."""
+    problems = []
+    if cfg.decoder not in DECODERS:
+        problems.append(f"decoder must be one of {', '.join(sorted(DECODERS))}, got {cfg.decoder}")
+    if not (isinstance(cfg.hop_length, int) and cfg.hop_length >= 1):
+        problems.append(f"hop_length must be a positive number of samples at 16 kHz, got {cfg.hop_length}")
+    if not 0 < cfg.fmin < cfg.fmax:
+        problems.append(f"need 0 < fmin < fmax, got fmin={cfg.fmin} and fmax={cfg.fmax}")
+    if not (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1):
+        problems.append(f"batch_size must be at least 1, got {cfg.batch_size}")
+    if problems:
+        raise AudiolabError("; ".join(problems))
 
 
 @task_wrapper
 def predict_files(cfg: DictConfig) -> tuple[dict, dict]:
-    from tqdm.auto import tqdm
-
+    out = check_output_folder(cfg.output if cfg.output else cfg.paths.output_dir)
+    source = Path(cfg.input).expanduser()
+    files = find_inputs(source, out)
+    csvs = place_outputs(files, source, out, lambda rel: rel.with_suffix(".csv"))
+    jobs = [pitch_job(f, csv, cfg.plot) for f, csv in zip(files, csvs, strict=True)]
+    _check_settings(cfg)
     device = resolve_device(str(cfg.device))
     net = load_model(str(cfg.ckpt), device)
-    source = Path(cfg.input).expanduser()
-    files = find_audio_files(source)
-    out = Path(cfg.output if cfg.output else cfg.paths.output_dir).expanduser()
-    outputs = output_paths(files, source, out)
+    # what shapes the outputs (not batch_size or device, which only change the speed)
     settings = {
+        **model_identity(cfg.ckpt),
+        "decoder": cfg.decoder,
+        "hop_length": cfg.hop_length,
+        "fmin": cfg.fmin,
+        "fmax": cfg.fmax,
+        "silence_db": cfg.silence_db,
+    }
+    if cfg.plot:
+        settings["voicing_threshold"] = cfg.voicing_threshold
+    predict_kwargs = {
         "model": net,
         "device": device,
         "decoder": cfg.decoder,
@@ -56,29 +85,12 @@ def predict_files(cfg: DictConfig) -> tuple[dict, dict]:
         "fmax": cfg.fmax,
         "batch_size": cfg.batch_size,
         "silence_db": cfg.silence_db,
-        "plot": cfg.plot,
-        "voicing_threshold": cfg.voicing_threshold,
-        "overwrite": cfg.overwrite,
     }
-    written, failed, skipped = [], [], 0
-    with tqdm(list(zip(files, outputs, strict=True)), desc="files", unit="file", disable=len(files) == 1) as bar:
-        for path, target in bar:
-            bar.set_postfix_str(path.name)
-            try:
-                done = predict_files_to_files([path], [target], **settings)
-            except (PitchInputError, AudioFileError) as exc:
-                if len(files) == 1:
-                    raise
-                log.error(f"skipped {path}: {exc}")
-                failed.append(str(path))
-                continue
-            skipped += not done
-            written += done
-    if skipped:
-        log.info(f"{skipped} files already had their outputs in {out} (overwrite=true redoes them)")
-    print(f"tracked pitch in {len(files) - len(failed)} of {len(files)} files into {out}")
-    if failed:
-        raise AudiolabError(
-            f"{len(failed)} of {len(files)} files could not be read (the others were written): {', '.join(failed)}"
-        )
-    return {"written": [str(p) for p in written], "output": str(out)}, {"net": net}
+
+    def produce(job: FileJob) -> None:
+        partials = [job.partial(o) for o in job.outputs]
+        write_pitch_files(job.source, *partials, voicing_threshold=cfg.voicing_threshold, **predict_kwargs)
+
+    tally = run_jobs(jobs, settings, produce, overwrite=cfg.overwrite)
+    finish(tally, "tracked pitch in", out, settings)
+    return {"written": [str(p) for p in tally.written_paths], "output": str(out)}, {"net": net}

@@ -1,83 +1,106 @@
 """Separation task: ``python src/separate.py ckpt=PATH input=<file or folder> output=DIR``.
 
 One model load, every audio file under ``input`` separated into
-``output/<track>/<target>.wav``; a file that fails is reported and the others go on."""
+``output/<path below input>/<track>/<target>.wav`` beside the settings record
+``settings.json`` (``in/a/x.wav`` -> ``out/a/x/vocals.wav``; a single file ->
+``out/<track>/``); a file that fails is reported and the others go on. Reruns, settings
+records and interruptions: :mod:`audiolab.utils.file_jobs`."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import torch
+import soundfile as sf
 from omegaconf import DictConfig
 
-from audiolab.separation.files import find_audio_files, separate_file
-from audiolab.separation.overlap_add import SeparationInputError
+from audiolab.separation.files import output_names, separate_file, track_name
+from audiolab.separation.overlap_add import WINDOWS
 from audiolab.utils.checkpoint import load_module
+from audiolab.utils.devices import resolve_device
 from audiolab.utils.errors import AudiolabError
+from audiolab.utils.file_jobs import (
+    FileJob,
+    check_output_folder,
+    find_inputs,
+    finish,
+    model_identity,
+    place_outputs,
+    run_jobs,
+)
 from audiolab.utils.hydra import task_wrapper
 
 log = logging.getLogger("audiolab")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AudiolabError(
-            f"device={name} but no CUDA GPU is available; use device=cpu or device=auto"
-        )
-    return device
+def separation_job(source: Path, folder: Path, names: list[str]) -> FileJob:
+    """``folder/<name>.wav`` for each output and the record ``folder/settings.json``."""
+    return FileJob(source, tuple(folder / f"{name}.wav" for name in names), folder / "settings.json")
+
+
+def _check_chunking(chunk_seconds, overlap, window, batch_size) -> None:
+    """The overlap-add settings, checked before the first file (not as a traceback in it)."""
+    problems = []
+    if not chunk_seconds > 0:
+        problems.append(f"chunk_seconds must be positive, got {chunk_seconds}")
+    if not 0 <= overlap < 1:
+        problems.append(f"overlap must be in [0, 1), got {overlap}")
+    if window not in WINDOWS:
+        problems.append(f"window must be one of {', '.join(WINDOWS)}, got {window}")
+    if not batch_size >= 1:
+        problems.append(f"batch_size must be at least 1, got {batch_size}")
+    if problems:
+        raise AudiolabError("; ".join(problems))
 
 
 @task_wrapper
 def separate_files(cfg: DictConfig) -> tuple[dict, dict]:
     from tqdm.auto import tqdm
 
+    out = check_output_folder(cfg.output if cfg.output else cfg.paths.output_dir)
+    source = Path(cfg.input).expanduser()
+    files = find_inputs(source, out)
+    folders = place_outputs(files, source, out, lambda rel: rel.parent / track_name(rel))
     device = resolve_device(str(cfg.device))
     module, _ = load_module(cfg.ckpt, device)
     if not hasattr(module, "separate"):
         raise AudiolabError(
             f"{cfg.ckpt} is a {type(module).__name__} checkpoint; separate.py needs a separation checkpoint"
         )
+    names = output_names(module, cfg.targets, cfg.accompaniment)
+    if not sf.check_format("WAV", str(cfg.subtype)):
+        raise AudiolabError(f"subtype={cfg.subtype} is not a wav sample format: use FLOAT, PCM_16 or PCM_24")
+    jobs = [separation_job(f, d, names) for f, d in zip(files, folders, strict=True)]
     hp = module.hparams
-    settings = {
+    chunking = {
         "chunk_seconds": cfg.chunk_seconds if cfg.chunk_seconds is not None else hp.chunk_seconds,
         "overlap": cfg.overlap if cfg.overlap is not None else hp.overlap,
         "window": cfg.window if cfg.window is not None else hp.window,
-        "batch_size": cfg.batch_size if cfg.batch_size is not None else hp.separate_batch_size,
     }
-    files = find_audio_files(cfg.input)
-    out = Path(cfg.output if cfg.output else cfg.paths.output_dir)
-    written, failed = [], []
-    with tqdm(files, desc="files", unit="file", disable=len(files) == 1) as bar:
-        for path in bar:
-            bar.set_postfix_str(path.name)
-            with tqdm(desc=path.name, unit="s", unit_scale=True, leave=False) as inner:
-                rate = module.sample_rate
-                try:
-                    written += separate_file(
-                        module,
-                        path,
-                        out,
-                        targets=cfg.targets,
-                        accompaniment=cfg.accompaniment,
-                        device=device,
-                        subtype=cfg.subtype,
-                        overwrite=cfg.overwrite,
-                        progress=lambda n, inner=inner, rate=rate: inner.update(n / rate),
-                        **settings,
-                    )
-                except SeparationInputError as exc:
-                    if len(files) == 1:
-                        raise
-                    log.error(f"skipped {path}: {exc}")
-                    failed.append(str(path))
-    log.info(f"wrote {len(written)} files under {out}")
-    print(f"separated {len(files) - len(failed)} of {len(files)} files into {out}")
-    if failed:
-        raise AudiolabError(
-            f"{len(failed)} of {len(files)} files could not be separated (the others were written): {', '.join(failed)}"
-        )
-    return {"written": [str(p) for p in written], "output": str(out)}, {"module": module}
+    # what shapes the outputs; targets and accompaniment decide which outputs there are
+    # (a record lists them), batch_size and device only change the speed
+    settings = {**model_identity(cfg.ckpt), **chunking, "subtype": cfg.subtype}
+    batch_size = cfg.batch_size if cfg.batch_size is not None else hp.separate_batch_size
+    _check_chunking(**chunking, batch_size=batch_size)
+    rate = module.sample_rate
+
+    def produce(job: FileJob) -> None:
+        with tqdm(desc=job.source.name, unit="s", unit_scale=True, leave=False) as inner:
+            separate_file(
+                module,
+                job.source,
+                job.record.parent.parent,
+                targets=cfg.targets,
+                accompaniment=cfg.accompaniment,
+                device=device,
+                subtype=cfg.subtype,
+                overwrite=True,
+                progress=lambda n: inner.update(n / rate),
+                commit=False,
+                batch_size=batch_size,
+                **chunking,
+            )
+
+    tally = run_jobs(jobs, settings, produce, overwrite=cfg.overwrite)
+    finish(tally, "separated", out, settings, failure="could not be separated")
+    return {"written": [str(p) for p in tally.written_paths], "output": str(out)}, {"module": module}

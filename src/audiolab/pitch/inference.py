@@ -244,15 +244,35 @@ def predict_files(paths: Sequence[str | Path], **kwargs) -> Iterator[tuple[Path,
         yield Path(path), f0, period
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(partial_path)``, then the ``.partial`` file renamed to ``path``: an
-    interrupted or failed write never leaves a truncated output."""
-    partial = path.with_name(path.name + ".partial")
+def write_pitch_files(
+    path: str | Path,
+    csv: str | Path,
+    png: str | Path | None = None,
+    voicing_threshold: float = 0.5,
+    **kwargs,
+) -> None:
+    """Track the pitch of one file and write the CSV (``time,f0,periodicity``; time in
+    seconds of the frame centre) to ``csv`` and, when ``png`` is given, a PNG of the
+    contour over the spectrogram (:func:`~audiolab.utils.plots.pitch_contour_figure`,
+    contour drawn where the periodicity reaches ``voicing_threshold``). Exactly these paths
+    are written (the caller decides about ``.partial`` files); ``kwargs`` as :func:`predict`."""
+    hop_seconds = kwargs.get("hop_length", HOP_LENGTH) / SAMPLE_RATE
+    audio, rate, f0, period = _predict_file(path, kwargs)
+    table = np.stack([np.arange(len(f0)) * hop_seconds, f0.cpu().numpy(), period.cpu().numpy()], axis=1)
+    with open(csv, "w") as handle:
+        np.savetxt(handle, table, delimiter=",", header="time,f0,periodicity", comments="", fmt=["%.4f", "%.3f", "%.4f"])
+    if png is None:
+        return
+    import matplotlib.pyplot as plt
+
+    from audiolab.utils.plots import pitch_contour_figure
+
+    fig = pitch_contour_figure(audio, rate, f0, period, hop_seconds, voicing_threshold, title=Path(path).name)
     try:
-        write(partial)
-        partial.replace(path)
+        with open(png, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=100)
     finally:
-        partial.unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def predict_files_to_files(
@@ -267,13 +287,12 @@ def predict_files_to_files(
     frame centre), one model load for all; ``kwargs`` as :func:`predict`.
 
     With ``plot``, a PNG of the contour over the spectrogram goes beside each CSV (same
-    name, ``.png``; :func:`~audiolab.utils.plots.pitch_contour_figure`, contour drawn where
-    the periodicity reaches ``voicing_threshold``). Without ``overwrite`` a file whose
-    outputs all exist is skipped. Outputs are written through ``.partial`` files. Returns
-    the outputs written."""
+    name, ``.png``; see :func:`write_pitch_files`). Without ``overwrite`` a file whose
+    outputs all exist is skipped. A file's outputs are written as ``.partial`` files and
+    renamed into place together, so an interrupted or failed file leaves no output.
+    Returns the outputs written."""
     if len(paths) != len(outputs):
         raise PitchInputError(f"got {len(paths)} input files but {len(outputs)} output paths: pass one output per input")
-    hop_seconds = kwargs.get("hop_length", HOP_LENGTH) / SAMPLE_RATE
     kwargs = _with_model(kwargs)
     written = []
     for path, out in zip(paths, outputs, strict=True):
@@ -281,25 +300,16 @@ def predict_files_to_files(
         targets = [out, out.with_suffix(".png")] if plot else [out]
         if not overwrite and all(p.exists() for p in targets):
             continue
-        audio, rate, f0, period = _predict_file(path, kwargs)
         out.parent.mkdir(parents=True, exist_ok=True)
-        table = np.stack([np.arange(len(f0)) * hop_seconds, f0.cpu().numpy(), period.cpu().numpy()], axis=1)
-        _write_atomically(
-            out,
-            lambda p, table=table: np.savetxt(
-                p, table, delimiter=",", header="time,f0,periodicity", comments="", fmt=["%.4f", "%.3f", "%.4f"]
-            ),
-        )
-        written.append(out)
-        if plot:
-            from audiolab.utils.plots import pitch_contour_figure
-
-            fig = pitch_contour_figure(audio, rate, f0, period, hop_seconds, voicing_threshold, title=Path(path).name)
-            _write_atomically(targets[1], lambda p, fig=fig: fig.savefig(p, format="png", dpi=100))
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-            written.append(targets[1])
+        partials = [p.with_name(p.name + ".partial") for p in targets]
+        try:
+            write_pitch_files(path, *partials, voicing_threshold=voicing_threshold, **kwargs)
+            for partial, target in zip(partials, targets, strict=True):
+                partial.replace(target)
+        finally:
+            for partial in partials:
+                partial.unlink(missing_ok=True)
+        written += targets
     return written
 
 

@@ -3,21 +3,29 @@ files.
 
 Decoding: wav/flac/ogg/mp3 already at the network's rate and channel count are read in
 blocks with soundfile; everything else (``.stem.mp4`` - its first stream is the mixture -,
-m4a/aac, other rates, 5.1) is decoded by ffmpeg into a pipe, which also resamples and
-down-mixes (ffmpeg's standard matrices) on the fly. Either way the audio arrives in blocks,
+m4a/aac, other rates, 5.1) is decoded by ffmpeg into a pipe, which also resamples (with
+libsoxr where ffmpeg has it: it resamples files of any length) and down-mixes (ffmpeg's
+standard matrices) on the fly. Either way the audio arrives in blocks,
 goes through :func:`iter_separate` and is written block by block, so memory stays flat
 however long the file is.
 
 Writing is safe: each output goes to a ``.partial`` file renamed into place only when
 the whole file has been separated, so an interrupted or failed file never leaves a
 truncated output, and finished outputs are never overwritten unless asked.
+
+Bad files are refused with one line naming them: empty, not audio, a damaged or cut-short
+WAV (the header announces more samples than the file holds), NaN samples, too short to
+resample to the model's rate.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,8 +63,9 @@ def track_name(path: Path) -> str:
     return name[: -len(".stem.mp4")] if name.endswith(".stem.mp4") else path.stem
 
 
-def find_audio_files(path: str | Path) -> list[Path]:
-    """A file, or every audio file under a folder (recursively, sorted)."""
+def find_audio_files(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """A file, or every audio file under a folder (recursively, sorted), leaving out the
+    files under the folder ``exclude`` (an output folder inside the input folder)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise AudioFileError(
@@ -65,6 +74,15 @@ def find_audio_files(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if exclude is not None:
+        exclude = Path(exclude).expanduser().resolve()
+        kept = [p for p in files if exclude not in p.resolve().parents]
+        if files and not kept:
+            raise AudioFileError(
+                f"no audio files found under {path} outside the output folder {exclude} (files under "
+                "the output folder are never taken as input): pass an output folder outside the input"
+            )
+        files = kept
     if not files:
         raise AudioFileError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found under {path}")
     return files
@@ -94,6 +112,7 @@ def _ffprobe(path: Path) -> AudioInfo:
     streams = json.loads(proc.stdout or "{}").get("streams") if proc.returncode == 0 else None
     if not streams:
         reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
+        reason = reason.removeprefix(f"{path}: ")
         raise AudioFileError(f"cannot read {path}: {reason}")
     stream = streams[0]
     rate = int(stream["sample_rate"])
@@ -102,14 +121,78 @@ def _ffprobe(path: Path) -> AudioInfo:
     return AudioInfo(rate, int(stream["channels"]), frames)
 
 
+def _unreadable(path: Path, exc: Exception) -> AudioFileError:
+    """``cannot read <path>: <why>`` for a file soundfile cannot open or read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = None
+    if head == b"":
+        return AudioFileError(f"cannot read {path}: the file is empty (0 bytes)")
+    reason = str(exc).strip()
+    opening = f"Error opening {str(path)!r}: "
+    if reason.startswith(opening):
+        reason = reason[len(opening) :]
+    kind = path.suffix.lstrip(".").upper()
+    if head and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        reason = f"a damaged or truncated WAV file ({reason.rstrip('.')})"
+    elif "Format not recognised" in reason:
+        reason = f"not a {kind} file (another format renamed, or damaged)"
+    return AudioFileError(f"cannot read {path}: {reason.rstrip('.')}")
+
+
+# A data chunk size that streaming writers put in the header before they know the length.
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+
+
+def _wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """``(frames the header announces, frames the file holds)`` of a RIFF/WAVE file cut
+    short (a download or copy that stopped), else None. libsndfile reads such a file
+    without a word, as if it were shorter."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF" or len(f.read(4)) != 4 or f.read(4) != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            chunk, length = head[:4], struct.unpack("<I", head[4:])[0]
+            if chunk == b"fmt ":
+                fmt = f.read(min(length, 16))
+                if len(fmt) < 14:
+                    return None
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+                f.seek(length - len(fmt) + length % 2, 1)
+            elif chunk == b"data":
+                held = size - f.tell()
+                if length in _UNKNOWN_WAV_SIZES or length <= held or not block_align:
+                    return None
+                return length // block_align, held // block_align
+            else:
+                f.seek(length + length % 2, 1)
+
+
 def audio_info(path: Path) -> AudioInfo:
     if path.suffix.lower() in SOUNDFILE_SUFFIXES:
         try:
             info = sf.info(str(path))
-            return AudioInfo(info.samplerate, info.channels, info.frames)
         except (sf.LibsndfileError, RuntimeError) as exc:
             if path.suffix.lower() == ".wav":
-                raise AudioFileError(f"cannot read {path}: {exc}") from None
+                raise _unreadable(path, exc) from None
+        else:
+            shortfall = _wav_shortfall(path) if info.format in ("WAV", "WAVEX") else None
+            if shortfall is not None:
+                announced, held = shortfall
+                rate = info.samplerate
+                raise AudioFileError(
+                    f"{path} is truncated: its header announces {announced} samples ({announced / rate:.3f} s) "
+                    f"but the file holds {held} ({held / rate:.3f} s); copy or export it again "
+                    f"(or keep what is there: ffmpeg -i {path.name} fixed.wav)"
+                )
+            return AudioInfo(info.samplerate, info.channels, info.frames)
     return _ffprobe(path)
 
 
@@ -122,7 +205,16 @@ def _soundfile_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
                     return
                 yield data.T
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioFileError(f"cannot read {path}: {exc}") from None
+        raise _unreadable(path, exc) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _ffmpeg_has_soxr() -> bool:
+    """Whether ffmpeg resamples with libsoxr. Its default resampler (swr) gives nothing at
+    all for a file of a few dozen samples; soxr resamples any length."""
+    probe = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "0.01",
+             "-af", "aresample=resampler=soxr", "-ar", "16000", "-f", "null", "-"]  # fmt: skip
+    return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 def _ffmpeg_blocks(path: Path, sample_rate: int, channels: int, block: int) -> Iterator[np.ndarray]:
@@ -139,6 +231,7 @@ def _ffmpeg_blocks(path: Path, sample_rate: int, channels: int, block: int) -> I
         str(path),
         "-map",
         "0:a:0",
+        *(["-af", "aresample=resampler=soxr"] if _ffmpeg_has_soxr() else []),
         "-f",
         "f32le",
         "-acodec",
@@ -207,6 +300,8 @@ def read_blocks(
                 x = x.expand(channels, -1)
             seen += x.shape[-1]
             yield x
+        if seen == 0 and info.frames and info.sample_rate != sample_rate:
+            raise AudioFileError(_too_short(path, info, sample_rate))
         if seen == 0:
             raise AudioFileError(f"{path} holds no audio (zero samples)")
         if clipped > 0.001 * seen * channels:
@@ -215,6 +310,37 @@ def read_blocks(
             )
 
     return info, checked()
+
+
+def _too_short(path: Path, info: AudioInfo, sample_rate: int) -> str:
+    """Why a file of a few samples came out of resampling empty."""
+    n = info.frames
+    has = f"{path} is too short: {n} sample{'s' if n != 1 else ''} at {info.sample_rate} Hz"
+    if _ffmpeg_has_soxr():
+        least = math.ceil(info.sample_rate / (2 * sample_rate))
+        return (
+            f"{has}, less than one at the model's {sample_rate} Hz; the model needs at least 1 sample at "
+            f"{sample_rate} Hz ({least} at {info.sample_rate} Hz)"
+        )
+    return (
+        f"{has}: ffmpeg's resampler (without libsoxr) gives no samples at {sample_rate} Hz for a file this "
+        f"short; the model needs at least 1 sample at {sample_rate} Hz: resample the file to {sample_rate} Hz first"
+    )
+
+
+def output_names(model: nn.Module, targets: Sequence[str] | None = None, accompaniment: bool = True) -> list[str]:
+    """The outputs (without ``.wav``) that :func:`separate_file` writes: ``targets`` (all the
+    network separates when None), plus ``accompaniment`` = mixture - vocals when asked for
+    and the network separates vocals but not accompaniment."""
+    net = network_of(model)
+    names = list(targets) if targets else list(net.targets)
+    unknown = sorted(set(names) - set(net.targets))
+    if unknown:
+        raise SeparationInputError(
+            f"the network does not separate {unknown}; it separates {net.targets}"
+        )
+    residual = accompaniment and "vocals" in net.targets and "accompaniment" not in net.targets
+    return names + (["accompaniment"] if residual else [])
 
 
 def separate_file(
@@ -231,21 +357,19 @@ def separate_file(
     subtype: str = "FLOAT",
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    commit: bool = True,
 ) -> list[Path]:
     """Separate one file into ``out_dir/<track>/<target>.wav`` (at the network's sample
     rate), plus ``accompaniment.wav`` = mixture - vocals when the network separates
     vocals but not accompaniment. Returns the written paths; outputs that already exist
-    are kept (the file is skipped) unless ``overwrite``."""
+    are kept (the file is skipped) unless ``overwrite``. ``commit=False`` leaves the
+    finished outputs as ``<target>.wav.partial`` for the caller to rename (all of them at
+    once: :mod:`audiolab.utils.file_jobs`)."""
     net = network_of(model)
     path = Path(path)
-    names = list(targets) if targets else list(net.targets)
-    unknown = sorted(set(names) - set(net.targets))
-    if unknown:
-        raise SeparationInputError(
-            f"the network does not separate {unknown}; it separates {net.targets}"
-        )
-    residual = accompaniment and "vocals" in net.targets and "accompaniment" not in net.targets
-    outputs = names + (["accompaniment"] if residual else [])
+    outputs = output_names(net, targets, accompaniment)
+    residual = outputs[-1] == "accompaniment" and "accompaniment" not in net.targets
+    names = outputs[:-1] if residual else outputs
     folder = Path(out_dir) / track_name(path)
     final = {name: folder / f"{name}.wav" for name in outputs}
     if not overwrite and all(p.exists() for p in final.values()):
@@ -306,5 +430,6 @@ def separate_file(
         raise
     for name, writer in writers.items():
         writer.close()
-        partial[name].replace(final[name])
+        if commit:
+            partial[name].replace(final[name])
     return list(final.values())
