@@ -46,10 +46,10 @@ import numpy as np
 import torch
 import torchaudio
 
+from audiolab.audio.pitch_grid import hz_to_cents
 from audiolab.data.pitch_eval import find_f0_pairs, read_f0_csv
 from audiolab.data.synth_pitch import STREAM_TEST, SynthPitchDataModule
 from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy, resample_estimate
-from audiolab.pitch.cents import hz_to_cents
 from audiolab.pitch.decode import observation_probabilities
 from audiolab.pitch.inference import load_model, predict, read_audio
 from audiolab.pitch.viterbi import crepe_transition, viterbi

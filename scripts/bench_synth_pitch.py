@@ -16,9 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from audiolab.audio.pitch_grid import gaussian_targets
 from audiolab.data.synth_pitch import STREAM_TRAIN, SynthPitchDataset, SynthToneRenderer
 from audiolab.nets.crepe import Crepe
-from audiolab.pitch.cents import gaussian_targets
 
 
 def main() -> None:

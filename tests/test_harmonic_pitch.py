@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from audiolab.audio.pitch_grid import bin_cents
 from audiolab.nets.harmonic_pitch import HarmonicPitchNet
-from audiolab.pitch.cents import bin_cents
 
 
 def tone(f0: float, partials: int = 1, n: int = 1024, rate: int = 16000) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 import torchaudio
 from helpers import require_shared
 
+from audiolab.audio.pitch_grid import bin_cents, cents_to_hz, gaussian_targets, hz_to_cents
 from audiolab.pitch import viterbi as viterbi_module
-from audiolab.pitch.cents import bin_cents, cents_to_hz, gaussian_targets, hz_to_cents
 from audiolab.pitch.decode import (
     decode,
     decode_with_bins,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import require_shared
 
+from audiolab.audio.pitch_grid import bin_cents, cents_to_hz, gaussian_targets, hz_to_cents
 from audiolab.data.pitch_eval import read_f0_csv
 from audiolab.metrics.pitch import (
     MELODY_METRICS,
@@ -21,7 +22,6 @@ from audiolab.metrics.pitch import (
     melody_metrics,
     resample_estimate,
 )
-from audiolab.pitch.cents import bin_cents, cents_to_hz, gaussian_targets, hz_to_cents
 from audiolab.pitch.decode import argmax, decode, weighted_argmax
 
 # mir_eval.melody.evaluate's names for our metrics

@@ -8,8 +8,8 @@ import soundfile as sf
 import torch
 
 import audiolab.pitch as pitch
+from audiolab.audio.pitch_grid import hz_to_cents
 from audiolab.pitch import inference
-from audiolab.pitch.cents import hz_to_cents
 from audiolab.pitch.inference import PitchInputError
 from audiolab.pitch.pretrained import pretrained_crepe
 from audiolab.utils.errors import AudiolabError

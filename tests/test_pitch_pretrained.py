@@ -13,8 +13,8 @@ import torch
 import torchaudio
 from helpers import compose_config, require_shared
 
+from audiolab.audio.pitch_grid import bin_cents
 from audiolab.nets.crepe import Crepe
-from audiolab.pitch.cents import bin_cents
 from audiolab.pitch.decode import argmax
 from audiolab.pitch.pretrained import load_pretrained, pretrained_crepe, pretrained_state_dict
 from audiolab.utils.errors import AudiolabError

@@ -104,7 +104,7 @@ def pitch_report(model, datamodule, metrics: dict[str, float], out: Path, traine
     and reference vs estimated contours of a few test clips: on the reference's own time
     base when the data carry one (``ref_times``), else on the frames."""
     from audiolab.models.pitch import EVAL_CHUNK_FRAMES
-    from audiolab.pitch.cents import cents_to_hz
+    from audiolab.audio.pitch_grid import cents_to_hz
 
     report = Report()
     dataset = getattr(datamodule, "name", None) or type(datamodule).__name__

@@ -28,9 +28,9 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
+from audiolab.audio.pitch_grid import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.data.clips import AudioClip
 from audiolab.data.synth_pitch import SynthToneRenderer, stack_params
-from audiolab.nets.crepe import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.pitch.teacher import Teacher
 from audiolab.utils.cache import atomic_folder, config_hash
 from audiolab.utils.errors import AudiolabError

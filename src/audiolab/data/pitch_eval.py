@@ -18,10 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from audiolab.audio.pitch_grid import (
+    FRAME_LENGTH,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    cents_to_hz,
+    hz_to_cents,
+)
 from audiolab.metrics.pitch import resample_estimate
-from audiolab.nets.crepe import FRAME_LENGTH, SAMPLE_RATE
-from audiolab.pitch.cents import cents_to_hz, hz_to_cents
-from audiolab.pitch.inference import HOP_LENGTH, frame_audio, prepare_audio, read_audio
+from audiolab.pitch.inference import frame_audio, prepare_audio, read_audio
 from audiolab.separation.files import AUDIO_SUFFIXES
 from audiolab.utils.errors import AudiolabError
 

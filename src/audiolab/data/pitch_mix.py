@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from audiolab.audio.pitch_grid import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.data.pitch_corpus import PitchCorpus, cache_audio, cache_labels
 from audiolab.data.pitch_eval import pad_collate
 from audiolab.data.sampling import EpochSampler
 from audiolab.data.synth_pitch import SynthPitchDataModule, SynthToneRenderer
-from audiolab.nets.crepe import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.pitch.teacher import Teacher, TeacherConfig
 from audiolab.utils.errors import AudiolabError
 from audiolab.utils.threads import one_thread_worker

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric, MetricCollection
 
-from audiolab.pitch.cents import hz_to_cents
+from audiolab.audio.pitch_grid import hz_to_cents
 
 # numpy.allclose's defaults, which mir_eval uses to decide that two time bases are the same
 _RTOL, _ATOL = 1e-5, 1e-8

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
 
+from audiolab.audio.pitch_grid import gaussian_targets
 from audiolab.metrics.pitch import melody_metrics, resample_estimate
 from audiolab.models.base import TaskModule
-from audiolab.pitch.cents import gaussian_targets
 from audiolab.pitch.decode import check_decoder, decode_with_bins
 from audiolab.pitch.postprocess import periodicity
 from audiolab.pitch.pretrained import load_pretrained

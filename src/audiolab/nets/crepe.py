@@ -14,12 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from audiolab.pitch.cents import N_BINS
+from audiolab.audio.pitch_grid import FRAME_LENGTH, N_BINS
 
 CAPACITY_MULTIPLIERS = {"tiny": 4, "small": 8, "medium": 16, "large": 24, "full": 32}
 BASE_FILTERS = (32, 4, 4, 4, 8, 16)
-FRAME_LENGTH = 1024
-SAMPLE_RATE = 16000
 
 
 class Crepe(nn.Module):

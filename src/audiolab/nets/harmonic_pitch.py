@@ -30,10 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from audiolab.pitch.cents import N_BINS, bin_cents
-
-FRAME_LENGTH = 1024
-SAMPLE_RATE = 16000
+from audiolab.audio.pitch_grid import FRAME_LENGTH, N_BINS, SAMPLE_RATE, bin_cents
 
 
 class HarmonicPitchNet(nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from audiolab.pitch.cents import bin_cents, hz_to_cents
+from audiolab.audio.pitch_grid import bin_cents, hz_to_cents
 from audiolab.pitch.viterbi import crepe_transition
 from audiolab.pitch.viterbi import viterbi as viterbi_path
 

@@ -18,15 +18,13 @@ import torch
 import torchaudio
 from torch import nn
 
-from audiolab.nets.crepe import FRAME_LENGTH, SAMPLE_RATE
-from audiolab.pitch.cents import cents_to_hz
+from audiolab.audio.pitch_grid import FRAME_LENGTH, HOP_LENGTH, SAMPLE_RATE, cents_to_hz
 from audiolab.pitch.decode import check_decoder, decode_with_bins, limit_range
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
 from audiolab.pitch.postprocess import periodicity as periodicity_at
 from audiolab.pitch.pretrained import PRETRAINED, pretrained_crepe
 from audiolab.utils.errors import AudiolabError
 
-HOP_LENGTH = 160  # 10 ms at 16 kHz
 FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
 
 

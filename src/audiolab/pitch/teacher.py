@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiolab.nets.crepe import FRAME_LENGTH, SAMPLE_RATE
+from audiolab.audio.pitch_grid import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.pitch.decode import check_decoder
 from audiolab.pitch.inference import FMAX, FMIN, predict
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate

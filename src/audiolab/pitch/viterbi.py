@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from audiolab.pitch.cents import N_BINS
+from audiolab.audio.pitch_grid import N_BINS
 
 # Frames whose log-observations are taken at once: bounds that temporary on long inputs.
 BLOCK = 256

@@ -1,9 +1,15 @@
-"""Pitch scales: Hz <-> cents, the 360-bin CREPE grid, and blurred training targets."""
+"""The pitch grid every pitch network, data module, metric and decoder shares: 16-kHz audio
+in 1024-sample frames every 160 samples (10 ms), 360 output bins 20 cents apart (CREPE's),
+Hz <-> cents, and the blurred training targets. Below the networks and the pitch task code,
+so that both import it and neither imports the other for it."""
 
 from __future__ import annotations
 
 import torch
 
+SAMPLE_RATE = 16000  # Hz: every pitch network's input rate
+FRAME_LENGTH = 1024  # samples per frame (64 ms)
+HOP_LENGTH = 160  # samples between frames by default (10 ms)
 N_BINS = 360
 CENTS_PER_BIN = 20.0
 # Cents are measured relative to 10 Hz: f = 10 * 2 ** (cents / 1200). The published CREPE
