@@ -11,6 +11,7 @@ import torch
 from helpers import require_shared
 from torch import nn
 
+from audiolab.audio.io import AudioFileError, find_audio_files, track_name
 from audiolab.losses.separation import (
     MultiResolutionStftLoss,
     SeparationLoss,
@@ -20,7 +21,7 @@ from audiolab.losses.separation import (
 from audiolab.metrics.separation import MeanUsdr, usdr
 from audiolab.optim import warmup_cosine
 from audiolab.separation import SeparationInputError, iter_separate, overlap_window, separate
-from audiolab.separation.files import AudioFileError, find_audio_files, separate_file, track_name
+from audiolab.separation.files import separate_file
 
 
 class Gains(nn.Module):

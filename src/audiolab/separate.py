@@ -14,7 +14,8 @@ from pathlib import Path
 import soundfile as sf
 from omegaconf import DictConfig
 
-from audiolab.separation.files import output_names, separate_file, track_name
+from audiolab.audio.io import track_name
+from audiolab.separation.files import output_names, separate_file
 from audiolab.separation.overlap_add import WINDOWS
 from audiolab.utils.checkpoint import load_module
 from audiolab.utils.devices import resolve_device

@@ -208,7 +208,7 @@ def embed(
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     """A file as mono float32 ``(samples,)`` at its own rate (channels averaged)."""
-    from audiolab.separation.files import audio_info, read_blocks
+    from audiolab.audio.io import audio_info, read_blocks
 
     path = Path(path).expanduser()
     if not path.is_file():

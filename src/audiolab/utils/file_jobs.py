@@ -116,7 +116,7 @@ def find_inputs(source: Path, out: Path) -> list[Path]:
     (recursively) that is not under the output folder, when that is inside it. (An input
     folder inside the output folder is the user's choice of files; :func:`place_outputs`
     makes sure no output lands in it.)"""
-    from audiolab.separation.files import find_audio_files
+    from audiolab.audio.io import find_audio_files
 
     real_out = out.expanduser().resolve()
     inside = source.is_dir() and _inside(real_out, source.expanduser().resolve())
