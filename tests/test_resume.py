@@ -116,8 +116,9 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_write_fails(tmp_path, mo
 
     real_save = torch.save
 
-    def dies_halfway(obj, handle, *args, **kwargs):
-        handle.write(b"PK\x03\x04 half a checkpoint")
+    def dies_halfway(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dies_halfway)

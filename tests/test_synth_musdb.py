@@ -231,14 +231,14 @@ def test_an_empty_root_folder_is_filled(tmp_path):
     assert len(db) == 0
 
 
-def test_losing_a_race_to_an_identical_dataset_is_fine(dataset, tmp_path):
-    # Two processes generating the same dataset: the second rename finds the first's result.
-    ours = tmp_path / "ours"
-    ours.mkdir()
-    (ours / "file").write_text("x")
-    synth_musdb._move_into_place(ours, dataset, synth_musdb._params(**TINY))
-    with pytest.raises(SynthMusdbError, match="could not move"):
-        synth_musdb._move_into_place(ours, dataset, synth_musdb._params(**{**TINY, "seed": 3}))
+def test_losing_a_race_to_an_identical_dataset_is_fine(dataset):
+    # Two processes generating the same dataset: the second finds the first's result in
+    # place, keeps it, and checks that it is the dataset it was asked for.
+    before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    synth_musdb._check_in_place(dataset, synth_musdb._params(**TINY))
+    with pytest.raises(SynthMusdbError, match="could not put the generated dataset"):
+        synth_musdb._check_in_place(dataset, synth_musdb._params(**{**TINY, "seed": 3}))
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before
 
 
 def test_bad_parameters_are_rejected(tmp_path):

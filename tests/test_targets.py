@@ -42,7 +42,7 @@ def payloads(sentinel: Path) -> dict[str, tuple[str, object]]:
         # an audiolab function that writes files is no safer than builtins.open
         "audiolab_writer": (
             "model.loss",
-            {"_target_": "audiolab.utils.cache.atomic_folder", "_args_": [s]},
+            {"_target_": "audiolab.utils.atomic.atomic_write", "_args_": [s]},
         ),
     }
 

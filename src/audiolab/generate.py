@@ -15,9 +15,10 @@ import torch
 from omegaconf import DictConfig
 
 from audiolab.audio.features import spectrogram_to_audio
+from audiolab.utils.atomic import atomic_write
 from audiolab.utils.checkpoint import load_module
 from audiolab.utils.errors import AudiolabError
-from audiolab.utils.file_jobs import check_output_folder, partial_path
+from audiolab.utils.file_jobs import check_output_folder
 from audiolab.utils.hydra import task_wrapper
 from audiolab.utils.media import figure_to_array
 from audiolab.utils.plots import spectrogram_grid
@@ -66,20 +67,15 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
 
 
 def _write_all(out: Path, writes: list[tuple[str, Callable[[Path], None]]]) -> None:
-    """``write(out / name.partial)`` for each file, then every file renamed into place:
-    a failure or an interruption leaves no half-written set (and no folder made for it)."""
+    """Every file written, then all renamed into place together: a failure or an
+    interruption leaves no half-written set (and no folder made for it)."""
     made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    partials = [partial_path(out / name) for name, _ in writes]
     try:
-        for partial, (_, write) in zip(partials, writes, strict=True):
-            write(partial)
-        for partial, (name, _) in zip(partials, writes, strict=True):
-            partial.replace(out / name)
+        with atomic_write(*(out / name for name, _ in writes)) as temps:
+            for temp, (_, write) in zip(temps, writes, strict=True):
+                write(temp)
     except BaseException:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
-        if made and not any(out.iterdir()):
+        if made and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
 

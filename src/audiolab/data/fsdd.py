@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -38,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from audiolab.audio.features import LogSpectrogram, min_max_normalise, pad_or_trim
 from audiolab.data.clips import AudioClip, file_identity
-from audiolab.utils.cache import atomic_folder, config_hash
+from audiolab.utils.atomic import atomic_write
+from audiolab.utils.cache import config_hash
 from audiolab.utils.errors import AudiolabError
 
 log = logging.getLogger("audiolab")
@@ -271,7 +271,8 @@ class FsddDataModule(L.LightningDataModule):
         arrays_np["digit"] = np.array([f.digit for f in kept], dtype=np.int64)
         arrays_np["speaker"] = np.array([speakers.index(f.speaker) for f in kept], dtype=np.int64)
         arrays_np["take"] = np.array([f.index for f in kept], dtype=np.int64)
-        with atomic_folder(target) as tmp:
+        with atomic_write(target, keep_existing_folder=True) as (tmp,):
+            tmp.mkdir()
             for key, value in arrays_np.items():
                 np.save(tmp / f"{key}.npy", value)
             meta = {"speakers": speakers, "files": [f.path.name for f in kept], "source": str(folder)}
@@ -364,18 +365,14 @@ def download_fsdd(dest: str | Path, url: str = FSDD_URL) -> Path:
         except OSError as exc:
             raise FsddError(f"could not download FSDD from {url}: {exc}") from None
         try:
-            with zipfile.ZipFile(archive) as zf:
+            with zipfile.ZipFile(archive) as zf, atomic_write(target) as (staging,):
                 members = [m for m in zf.namelist() if re.search(r"(^|/)recordings/[^/]+\.wav$", m)]
                 if not members:
                     raise FsddError(f"{url} holds no recordings/*.wav: is it the FSDD release archive?")
-                staging = Path(tmp) / "recordings"
                 staging.mkdir()
                 for member in members:
                     with zf.open(member) as src, open(staging / Path(member).name, "wb") as out:
                         shutil.copyfileobj(src, out)
         except zipfile.BadZipFile:
             raise FsddError(f"{url} is not a zip archive") from None
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
     return target

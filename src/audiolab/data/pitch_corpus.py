@@ -32,7 +32,8 @@ from audiolab.audio.pitch_grid import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.data.clips import AudioClip
 from audiolab.data.synth_pitch import SynthToneRenderer, stack_params
 from audiolab.pitch.teacher import Teacher
-from audiolab.utils.cache import atomic_folder, config_hash
+from audiolab.utils.atomic import atomic_write
+from audiolab.utils.cache import config_hash
 from audiolab.utils.errors import AudiolabError
 
 log = logging.getLogger("audiolab")
@@ -54,7 +55,8 @@ def cache_audio(clips: list[AudioClip], cache_dir: str | Path, progress: bool = 
         return target
     log.info(f"reading {len(clips)} clips at {SAMPLE_RATE} Hz into {target}")
     names, lengths = [], []
-    with atomic_folder(target) as tmp:
+    with atomic_write(target, keep_existing_folder=True) as (tmp,):
+        tmp.mkdir()
         with open(tmp / "audio.i16", "wb") as out:
             for clip in tqdm(clips, desc="reading audio", unit="clip", disable=not progress):
                 got = clip.read()
@@ -88,7 +90,8 @@ def cache_labels(audio_dir: Path, teacher: Teacher, cache_dir: str | Path, progr
     starts = np.concatenate([[0], np.cumsum(meta["lengths"])])
     log.info(f"labelling {len(meta['names'])} clips with teacher {identity} into {target}")
     n_frames = []
-    with atomic_folder(target) as tmp:
+    with atomic_write(target, keep_existing_folder=True) as (tmp,):
+        tmp.mkdir()
         with open(tmp / "f0.f32", "wb") as f0_out, open(tmp / "periodicity.f32", "wb") as period_out:
             for name, a, b in tqdm(
                 list(zip(meta["names"], starts[:-1], starts[1:], strict=True)),

@@ -31,8 +31,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ import yaml
 from scipy import signal
 from tqdm import tqdm
 
+from audiolab.utils.atomic import atomic_write
 from audiolab.utils.errors import AudiolabError
 
 log = logging.getLogger("audiolab")
@@ -933,11 +932,12 @@ def write_synthetic_musdb(
         for split, tracks in plan.items()
         for name, seed in tracks
     ]
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Beside root, so that the final rename stays on one filesystem (and is atomic).
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    if _is_empty_dir(root):
+        root.rmdir()
+    # A root that exists when the block ends was finished by another process first: it is
+    # kept (ours dropped) and must then be this very dataset.
+    with atomic_write(root, keep_existing_folder=True) as (tmp,):
+        tmp.mkdir()
         for folder, name, track in tqdm(
             jobs, desc="synthetic MUSDB", unit="track", disable=not progress
         ):
@@ -955,10 +955,7 @@ def write_synthetic_musdb(
             "tracks": {split: [name for name, _ in tracks] for split, tracks in plan.items()},
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _move_into_place(tmp, root, params)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    _check_in_place(root, params)
     log.info("wrote synthetic MUSDB (%d tracks) to %s", len(jobs), root)
     return root
 
@@ -967,16 +964,12 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def _move_into_place(tmp: Path, root: Path, params: dict) -> None:
-    if _is_empty_dir(root):
-        root.rmdir()
-    try:
-        os.rename(tmp, root)
-    except OSError as exc:
-        # Another process may have finished the same dataset first: then ours is redundant.
-        problem = _problem(root, params)
-        if problem is not None:
-            raise SynthMusdbError(
-                f"could not move the generated dataset to {root} ({exc}); {problem}. "
-                f"Delete {root} to generate it again, or choose another root."
-            ) from exc
+def _check_in_place(root: Path, params: dict) -> None:
+    """After the rename: ``root`` holds this dataset (ours, or an identical one another
+    process finished first), or the error says what is there instead."""
+    problem = _problem(root, params)
+    if problem is not None:
+        raise SynthMusdbError(
+            f"could not put the generated dataset in {root}: {problem}. "
+            f"Delete {root} to generate it again, or choose another root."
+        )

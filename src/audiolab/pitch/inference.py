@@ -23,6 +23,7 @@ from audiolab.pitch.decode import check_decoder, decode_with_bins, limit_range
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
 from audiolab.pitch.postprocess import periodicity as periodicity_at
 from audiolab.pitch.pretrained import PRETRAINED, pretrained_crepe
+from audiolab.utils.atomic import atomic_write
 from audiolab.utils.errors import AudiolabError
 
 FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
@@ -298,15 +299,8 @@ def predict_files_to_files(
         targets = [out, out.with_suffix(".png")] if plot else [out]
         if not overwrite and all(p.exists() for p in targets):
             continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partials = [p.with_name(p.name + ".partial") for p in targets]
-        try:
-            write_pitch_files(path, *partials, voicing_threshold=voicing_threshold, **kwargs)
-            for partial, target in zip(partials, targets, strict=True):
-                partial.replace(target)
-        finally:
-            for partial in partials:
-                partial.unlink(missing_ok=True)
+        with atomic_write(*targets) as temps:
+            write_pitch_files(path, *temps, voicing_threshold=voicing_threshold, **kwargs)
         written += targets
     return written
 
