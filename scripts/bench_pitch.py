@@ -46,12 +46,13 @@ import numpy as np
 import torch
 import torchaudio
 
+from audiolab.audio.io import read_audio
 from audiolab.audio.pitch_grid import hz_to_cents
 from audiolab.data.pitch_eval import find_f0_pairs, read_f0_csv
 from audiolab.data.synth_pitch import STREAM_TEST, SynthPitchDataModule
 from audiolab.metrics.pitch import RawChromaAccuracy, RawPitchAccuracy, resample_estimate
 from audiolab.pitch.decode import observation_probabilities
-from audiolab.pitch.inference import load_model, predict, read_audio
+from audiolab.pitch.inference import load_model, predict
 from audiolab.pitch.viterbi import crepe_transition, viterbi
 
 FMIN, FMAX, HOP, RATE = 32.7, 1975.5, 160, 16000

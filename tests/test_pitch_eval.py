@@ -15,9 +15,10 @@ import torch
 from helpers import compose_config, output_dir_of, require_shared, run_cli
 from test_pitch_metrics import MDB, MDB_NAME, MIR_EVAL_NAMES
 
+from audiolab.audio.io import read_audio
 from audiolab.audio.pitch_grid import cents_to_hz
 from audiolab.data.pitch_eval import PitchEvalDataModule, find_f0_pairs, pad_collate, read_f0_csv
-from audiolab.pitch.inference import frame_audio, prepare_audio, read_audio
+from audiolab.pitch.inference import frame_audio, prepare_audio
 from audiolab.utils.errors import AudiolabError
 
 

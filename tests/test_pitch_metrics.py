@@ -139,7 +139,7 @@ def test_all_metrics_match_mir_eval_on_a_real_contour(decoder):
     """The MDB-stem-synth reference (2.9 ms hop) against pretrained CREPE tiny's estimate
     (10 ms hop, voiced where periodicity >= 0.5)."""
     import audiolab.pitch as pitch
-    from audiolab.pitch.inference import read_audio
+    from audiolab.audio.io import read_audio
 
     (ref_t, ref), wav = mdb_reference()
     audio, rate = read_audio(wav)

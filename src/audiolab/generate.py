@@ -88,7 +88,7 @@ def _read_recording(path: Path, duration: float, sample_rate: int) -> torch.Tens
     import torchaudio
 
     from audiolab.audio.features import pad_or_trim
-    from audiolab.pitch.inference import read_audio
+    from audiolab.audio.io import read_audio
 
     audio, rate = read_audio(path)
     audio = pad_or_trim(audio, math.ceil(duration * rate))

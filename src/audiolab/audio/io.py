@@ -319,3 +319,13 @@ def _too_short(path: Path, info: AudioInfo, sample_rate: int) -> str:
         f"{has}: ffmpeg's resampler (without libsoxr) gives no samples at {sample_rate} Hz for a file this "
         f"short; the model needs at least 1 sample at {sample_rate} Hz: resample the file to {sample_rate} Hz first"
     )
+
+
+def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+    """A whole file as mono float32 ``(samples,)`` at its own rate (channels averaged)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AudioFileError(f"audio file not found: {path}")
+    info = audio_info(path)
+    _, blocks = read_blocks(path, info.sample_rate, info.channels)
+    return torch.cat(list(blocks), dim=-1).mean(dim=0), info.sample_rate

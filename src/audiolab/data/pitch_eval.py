@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from audiolab.audio.io import AUDIO_SUFFIXES
+from audiolab.audio.io import AUDIO_SUFFIXES, read_audio
 from audiolab.audio.pitch_grid import (
     FRAME_LENGTH,
     HOP_LENGTH,
@@ -27,7 +27,7 @@ from audiolab.audio.pitch_grid import (
     hz_to_cents,
 )
 from audiolab.metrics.pitch import resample_estimate
-from audiolab.pitch.inference import frame_audio, prepare_audio, read_audio
+from audiolab.pitch.inference import frame_audio, prepare_audio
 from audiolab.utils.errors import AudiolabError
 
 # how each padded key of a batch is filled: padded frame and reference times are marked

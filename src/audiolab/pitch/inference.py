@@ -18,6 +18,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from audiolab.audio.io import read_audio
 from audiolab.audio.pitch_grid import FRAME_LENGTH, HOP_LENGTH, SAMPLE_RATE, cents_to_hz
 from audiolab.pitch.decode import check_decoder, decode_with_bins, limit_range
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
@@ -205,18 +206,6 @@ def embed(
 
 
 # -- files --------------------------------------------------------------------------------
-
-
-def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
-    """A file as mono float32 ``(samples,)`` at its own rate (channels averaged)."""
-    from audiolab.audio.io import audio_info, read_blocks
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PitchInputError(f"audio file not found: {path}")
-    info = audio_info(path)
-    _, blocks = read_blocks(path, info.sample_rate, info.channels)
-    return torch.cat(list(blocks), dim=-1).mean(dim=0), info.sample_rate
 
 
 def _predict_file(path: str | Path, kwargs: dict) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
