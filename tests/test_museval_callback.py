@@ -286,7 +286,7 @@ def test_validation_every_n_epochs(synth_root, tmp_path):
         "trainer.limit_train_batches=1",
         "callbacks.museval.every_n_val_epochs=2",
         "callbacks.museval.val_backend=fast",
-        "+trainer.num_sanity_val_steps=0",
+        "trainer.num_sanity_val_steps=0",
     ]
     trainer, _, _, _ = run(tmp_path, overrides, fit=True)
     root = tmp_path / "museval"
