@@ -24,6 +24,7 @@ from helpers import CONFIG_DIR, RUN_DIR_NAME, compose_config, output_dir_of, req
 from omegaconf import OmegaConf, open_dict
 from test_museval_callback import TINY_NET, synth_overrides
 
+from audiolab.callbacks.generation_metrics import GenerationMetricsCallback
 from audiolab.callbacks.weights_check import (
     WeightsCheck,
     WeightsMismatchError,
@@ -97,9 +98,9 @@ def logged_metrics(run_dir: Path, stage: str) -> dict[str, float]:
     return {k: float(v) for k, v in rows[0].items() if k.startswith(f"{stage}/") and v}
 
 
-def single_process(run_dir: Path, stage: str, ckpt: str = "last.ckpt") -> dict[str, float]:
+def single_process(run_dir: Path, stage: str, ckpt: str = "last.ckpt", callbacks=()) -> dict[str, float]:
     """Validation (or test) of a checkpoint in this process, one device, on the data of the
-    run's stored config."""
+    run's stored config, with ``callbacks``."""
     checkpoint = load_checkpoint(run_dir / "checkpoints" / ckpt)
     run = OmegaConf.create(stored_config(checkpoint))
     datamodule = hydra.utils.instantiate(run.data)
@@ -107,7 +108,7 @@ def single_process(run_dir: Path, stage: str, ckpt: str = "last.ckpt") -> dict[s
     model.load_state_dict(checkpoint["state_dict"])
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
     )
     run_stage = trainer.validate if stage == "val" else trainer.test
     return {k: float(v) for k, v in run_stage(model, datamodule=datamodule, verbose=False)[0].items()}
@@ -162,8 +163,9 @@ def test_vae_trains_under_ddp(tmp_path, fsdd):
     run_dir = ddp_train(
         tmp_path / "vae",
         "data=fsdd", "model=vae", "model.net.filters=[8,8,8,8,8]", "model.net.latent_dim=8",
-        "model.prior_components=2", "trainer.limit_train_batches=2", f"model.classifier_ckpt={clf_ckpt}",
-        "model.samples_per_class=3", "callbacks=vae", "callbacks.vae_media.n_items=2", "callbacks.vae_media.n_audio=1",
+        "model.prior_components=2", "trainer.limit_train_batches=2",
+        f"callbacks.generation_metrics.classifier_ckpt={clf_ckpt}", "callbacks.generation_metrics.samples_per_class=3",
+        "callbacks=vae", "callbacks.vae_media.n_items=2", "callbacks.vae_media.n_audio=1",
         "logger.wandb.mode=offline", *data, logger="many_loggers",
     )
     # one W&B run, TensorBoard files of one process (rank 1 would add its own), the media once
@@ -177,7 +179,8 @@ def test_vae_trains_under_ddp(tmp_path, fsdd):
     # the barely trained classifier's features are small and alike, but they are not one
     # point: the Frechet distances (the mean of the ranks' values is 2.5 and 1.003 times
     # these) tell 5 clips from 10
-    single = single_process(run_dir, "test", "epoch_000.ckpt")
+    generation = GenerationMetricsCallback(str(clf_ckpt), samples_per_class=3)
+    single = single_process(run_dir, "test", "epoch_000.ckpt", callbacks=[generation])
     assert single["test/real_fd"] > 0 and single["test/gen_fd"] > 0
     test_names = ["test/lsd", "test/real_acc", "test/real_is", "test/real_fd", "test/gen_is", "test/gen_fd", "test/gen_acc"]
     assert_same_metrics(logged_metrics(run_dir, "test"), single, test_names)

@@ -279,6 +279,91 @@ def test_both_backends_agree_and_museval_scores_are_written(synth_root, tmp_path
     assert "disagree" in caplog.text
 
 
+def count_separations(monkeypatch) -> list[int]:
+    """Count the tracks SeparationModule.separate() is asked for (a batch counts each)."""
+    from audiolab.models.separation import SeparationModule
+
+    calls: list[int] = []
+    original = SeparationModule.separate
+
+    def counting(self, mixture, progress=False):
+        calls.append(1 if mixture.ndim == 2 else mixture.shape[0])
+        return original(self, mixture, progress)
+
+    monkeypatch.setattr(SeparationModule, "separate", counting)
+    return calls
+
+
+def test_test_step_estimates_are_scored_without_separating_again(synth_root, tmp_path, monkeypatch):
+    """On test, the callback scores the estimates the test step returned: every test track
+    is separated once (by the test step), and the scores are those of that separation."""
+    calls = count_separations(monkeypatch)
+    overrides = [
+        *synth_overrides(synth_root),
+        "callbacks.museval.test_backend=fast",
+        "callbacks.museval.workers=0",
+    ]
+    trainer, model, callback, dm = run(tmp_path, overrides)
+    names = [ref.name for ref in dm.tracks("test")]
+    assert sum(calls) == len(names) == 2
+    assert callback.last_run["handed_over"] == names and callback.last_run["separated"] == []
+    assert sorted(callback.last_run["evaluated"]) == sorted(names)
+    # the stored scores are bss_eval_v4 of what the module's separate() gives
+    track = first_test_track(dm, "vocals_accompaniment")
+    est = estimates_of(model, track, "vocals_accompaniment")
+    scores = bss_eval_v4(track["targets"].transpose(1, 2), est.transpose(1, 2), 44100, 44100, 512)
+    stored = frames(json.loads((tmp_path / "museval" / "test" / f"{track['name']}.json").read_text()))
+    for i, target in enumerate(MODES["vocals_accompaniment"]):
+        np.testing.assert_allclose(stored[target]["SDR"], scores["sdr"][i].numpy(), atol=1e-4)
+    # the aggregate is kept in memory too, as written
+    written = json.loads((tmp_path / "museval" / "test_aggregate.json").read_text())
+    assert callback.aggregates["test"].record == written
+    assert callback.aggregates["test"].tag == "test"
+    assert "val" not in callback.aggregates
+
+
+def test_other_test_split_is_separated_here_and_reported(synth_root, tmp_path, monkeypatch):
+    """callbacks.museval.test_split=valid: the test loop separates the test tracks, the
+    callback the validation tracks (not the test loop's), writes valid_aggregate.json, and
+    eval.py's report shows that aggregate (handed over in memory, not re-read from a file)."""
+    from audiolab.reports import write_report
+
+    calls = count_separations(monkeypatch)
+    overrides = [
+        *synth_overrides(synth_root),
+        "callbacks.museval.test_backend=fast",
+        "callbacks.museval.workers=0",
+        "callbacks.museval.test_split=valid",
+    ]
+    trainer, model, callback, dm = run(tmp_path, overrides)
+    valid = [ref.name for ref in dm.tracks("valid")]
+    assert sum(calls) == len(dm.tracks("test")) + len(valid)
+    assert callback.last_run["separated"] == valid and callback.last_run["handed_over"] == []
+    root = tmp_path / "museval"
+    assert sorted(p.name for p in root.iterdir()) == [
+        "valid",
+        "valid_aggregate.json",
+        "valid_tracks.csv",
+        "valid_tracks.md",
+    ]
+    aggregate = json.loads((root / "valid_aggregate.json").read_text())
+    assert aggregate["split"] == "valid" and aggregate["tracks"] == valid
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert metrics["test/museval/sdr_vocals"] == pytest.approx(
+        aggregate["scores"]["vocals"]["SDR"], abs=1e-4
+    )
+    # the report asks the callback: the files may be gone
+    shutil.rmtree(root)
+    (tmp_path / "eval").mkdir()
+    report = write_report(tmp_path / "eval", model, dm, metrics, {"ckpt": "x.ckpt"}, trainer)
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "## museval (BSSEval v4, mode `vocals_accompaniment`, backend `fast`)" in text
+    assert "tracks of split `valid`" in text
+    assert f"| vocals | {aggregate['scores']['vocals']['SDR']:.3f} |" in text
+    assert ("museval/sdr_vocals", aggregate["scores"]["vocals"]["SDR"], None) in report.headline
+    assert (tmp_path / "eval" / "report" / "sdr_per_track.png").stat().st_size > 0
+
+
 def test_validation_every_n_epochs(synth_root, tmp_path):
     overrides = [
         *synth_overrides(synth_root),
@@ -371,6 +456,9 @@ def test_ddp_splits_tracks_across_ranks_and_aggregates_on_rank_zero(tmp_path):
         r"museval test \(vocals_accompaniment, fast\): (\d) track", proc.stdout + proc.stderr
     )
     assert sorted(shares) == ["1", "2"], proc.stdout[-3000:]
+    # the ranks scored the estimates of their own test steps: nothing was separated again
+    handed = re.findall(r"\((\d) from the test step, 0 separated here\)", proc.stdout + proc.stderr)
+    assert sorted(handed) == ["1", "2"], proc.stdout[-3000:]
     aggregate = json.loads((run_dir / "museval" / "test_aggregate.json").read_text())
     assert len(aggregate["tracks"]) == 3
     store = museval.EvalStore()

@@ -22,6 +22,44 @@ def test_fast_dev_run(tmp_path):
     assert not list(tmp_path.rglob("epoch_*.ckpt"))  # no best checkpoint: tested the current weights
 
 
+@pytest.mark.parametrize("metric,mode", [(None, None), ("val/loss", "min")])
+def test_one_metric_and_mode_drive_checkpoints_and_the_plateau_scheduler(metric, mode, tmp_path):
+    """optimized_metric / optimized_mode (null: the task's own, val/rpa in max mode) decide
+    both what the best checkpoint is and what a ReduceLROnPlateau watches, in which mode."""
+    overrides = ["experiment=pitch_crepe_synth", "model.net.capacity=tiny", "debug=fdr", *SMALL]
+    if metric is not None:
+        overrides += [f"optimized_metric={metric}", f"optimized_mode={mode}"]
+    cfg = compose_config("train", overrides, tmp_path)
+    _, objects = train(cfg)
+    expected = (metric or "val/rpa", mode or "max")
+    trainer = objects["trainer"]
+    (scheduler,) = trainer.lr_scheduler_configs
+    assert isinstance(scheduler.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert (scheduler.monitor, scheduler.scheduler.mode) == expected
+    best = next(c for c in trainer.checkpoint_callbacks if c.monitor is not None)
+    assert (best.monitor, best.mode) == expected
+    model = objects["model"]
+    assert (model.monitor, model.monitor_mode) == expected
+    # the stored run config records them for the model
+    assert (cfg.model.monitor, cfg.model.monitor_mode) == expected
+
+
+def test_a_plateau_mode_against_the_optimized_mode_is_refused(tmp_path):
+    import hydra
+
+    from audiolab.train import fill_task_defaults
+
+    cfg = compose_config(
+        "train",
+        ["experiment=pitch_crepe_synth", "optimized_metric=val/loss", "optimized_mode=min",
+         "+model.scheduler.mode=max", *SMALL],
+        tmp_path,
+    )
+    fill_task_defaults(cfg)
+    with pytest.raises(Exception, match="model.scheduler.mode=max but val/loss is monitored in min mode"):
+        hydra.utils.instantiate(cfg.model)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["limit", "overfit", "profiler"])
 def test_debug_presets_run(preset, tmp_path):

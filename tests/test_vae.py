@@ -227,3 +227,53 @@ def test_sample_temperature_is_the_default_of_prior_samples():
     assert not torch.equal(draw(), draw(temperature=1.0))
     with pytest.raises(ValueError, match="sample_temperature must be positive"):
         VAEModule(net, adam, sample_temperature=0.0)
+
+
+def test_deprecated_classifier_argument_is_handed_to_the_generation_metrics_callback():
+    """Configs and checkpoints of earlier versions name the classifier on the model: the
+    module hands it to a GenerationMetricsCallback (configure_callbacks), unless the trainer
+    has one with a classifier of its own."""
+    import lightning as L
+
+    from audiolab.callbacks.generation_metrics import GenerationMetricsCallback
+
+    def trainer(*callbacks):
+        return L.Trainer(
+            callbacks=list(callbacks), logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )
+
+    assert small_module().configure_callbacks() == []
+    module = small_module(classifier_ckpt="clf.ckpt", samples_per_class=3)
+    assert "classifier_ckpt" not in module.hparams and "samples_per_class" not in module.hparams
+    module.trainer = trainer(GenerationMetricsCallback())  # callbacks=vae: listed, no classifier
+    with pytest.warns(FutureWarning, match="deprecated"):
+        (forwarded,) = module.configure_callbacks()
+    assert isinstance(forwarded, GenerationMetricsCallback)
+    assert (forwarded.classifier_ckpt, forwarded.samples_per_class) == ("clf.ckpt", 3)
+    module.trainer = trainer(GenerationMetricsCallback(), forwarded)  # test after fit: the same one
+    assert module.configure_callbacks() == [forwarded]
+    # without samples_per_class: the callback's default
+    module = small_module(classifier_ckpt="clf.ckpt")
+    module.trainer = trainer()
+    with pytest.warns(FutureWarning):
+        assert module.configure_callbacks()[0].samples_per_class == 50
+    # a classifier configured on the callback wins
+    module = small_module(classifier_ckpt="old.ckpt", samples_per_class=50)
+    module.trainer = trainer(GenerationMetricsCallback("new.ckpt"))
+    with pytest.warns(UserWarning, match="model.classifier_ckpt=old.ckpt is ignored"):
+        assert module.configure_callbacks() == []
+
+
+def test_generation_metrics_callback_needs_a_vae():
+    from audiolab.callbacks.generation_metrics import GenerationMetricsCallback
+    from audiolab.models.classifier import ClassifierModule
+    from audiolab.nets.spec_classifier import SpecClassifier
+    from audiolab.utils.errors import AudiolabError
+
+    classifier = ClassifierModule(SpecClassifier(channels=[4, 8]), adam)
+    GenerationMetricsCallback().setup(None, classifier, "test")  # off: nothing to check
+    with pytest.raises(AudiolabError, match="has no sample"):
+        GenerationMetricsCallback("clf.ckpt").setup(None, classifier, "test")
+    with pytest.raises(AudiolabError, match="samples_per_class must be >= 1"):
+        GenerationMetricsCallback("clf.ckpt", samples_per_class=0)

@@ -29,13 +29,23 @@ log = logging.getLogger("audiolab")
 
 def fill_task_defaults(cfg: DictConfig) -> None:
     """``optimized_metric: null`` means the task's headline validation metric, declared by
-    its LightningModule (``monitor`` / ``monitor_mode``), e.g. ``val/rpa`` (max) for pitch."""
+    its LightningModule (``monitor`` / ``monitor_mode``), e.g. ``val/rpa`` (max) for pitch.
+
+    The pair is the one source of what is monitored and in which direction: the checkpoint
+    callback interpolates ``${optimized_metric}`` / ``${optimized_mode}``, and a task module
+    gets them as ``model.monitor`` / ``model.monitor_mode`` for its LR scheduler (a
+    ``ReduceLROnPlateau`` watches that metric in that mode); the stored config records them."""
+    from audiolab.models.base import TaskModule
+
     module_cls = hydra.utils.get_class(cfg.model._target_)
     with open_dict(cfg):
         if cfg.get("optimized_metric") is None:
             cfg.optimized_metric = getattr(module_cls, "monitor", None)
         if cfg.get("optimized_mode") is None:
             cfg.optimized_mode = getattr(module_cls, "monitor_mode", "min")
+        if isinstance(module_cls, type) and issubclass(module_cls, TaskModule):
+            cfg.model.monitor = cfg.optimized_metric
+            cfg.model.monitor_mode = cfg.optimized_mode
 
 
 def trainer_plugins(trainer_cfg: DictConfig) -> list[Any]:

@@ -36,6 +36,7 @@ class ClassifierModule(TaskModule):
         n_classes: number of classes.
         label_key: the batch key of the labels.
         label_smoothing: of the cross-entropy.
+        monitor, monitor_mode: the monitored metric (see :class:`TaskModule`).
     """
 
     task = "digit classification"
@@ -51,8 +52,10 @@ class ClassifierModule(TaskModule):
         n_classes: int = 10,
         label_key: str = "digit",
         label_smoothing: float = 0.0,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, monitor=monitor, monitor_mode=monitor_mode)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "augment"])
         self.net = net
         self.augment = augment

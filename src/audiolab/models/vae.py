@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from audiolab.audio.features import min_max_denormalise
 from audiolab.metrics.spectral import LogSpectralDistance
 from audiolab.models.base import TaskModule
 from audiolab.nets.gmm import ClassGaussianMixture
+from audiolab.reports import Report, save_figure, test_items
+from audiolab.utils.media import markdown_table
 
 RECON_LOSSES = ("mse", "sse", "gaussian")
 LATENT_PRIORS = ("model", "gmm")
+REPORT_ROWS = [  # (metric, reference metric or None, description) of eval.py's report
+    ("test/lsd", None, "log-spectral distance of test reconstructions (dB)"),
+    ("test/mse", None, "MSE of test reconstructions (normalised spectrograms)"),
+    ("test/gen_acc", "test/real_acc", "conditioned samples classified as their digit (ref: real test clips)"),
+    ("test/gen_is", "test/real_is", "Inception Score (ref: real test split)"),
+    ("test/gen_fd", "test/real_fd", "Frechet distance to the test split (ref: validation vs test)"),
+]
 
 
 class VAEModule(TaskModule):
@@ -33,20 +44,14 @@ class VAEModule(TaskModule):
     ``kl_warmup_steps``; with ``free_bits`` > 0 every latent dimension's KL (batch mean) is
     floored at that many nats, so the encoder is not pushed to ignore the input.
 
-    Generation quality (test stage, when ``classifier_ckpt`` names a classifier trained with
-    audiolab, e.g. ``experiment=digit_classifier_fsdd``): ``samples_per_class`` prior samples
-    per class are scored by the classifier: ``test/gen_acc`` (conditional VAEs: share
-    classified as the requested class), ``test/gen_is`` (Inception Score) and
-    ``test/gen_fd`` (Frechet distance of the classifier embeddings to the real test split),
-    beside the real data's values as reference: ``test/real_acc``, ``test/real_is`` (test
-    split) and ``test/real_fd`` (validation vs test split).
+    Generation quality (``test/gen_is``, ``test/gen_fd``, ...) is measured by
+    :class:`~audiolab.callbacks.generation_metrics.GenerationMetricsCallback`
+    (``callbacks.generation_metrics.classifier_ckpt``).
 
     Args:
         net: a network with ``encode``, ``decode``, ``forward`` and ``sample`` (ConvVAE).
         optimizer, scheduler: partials (``_partial_: true``).
         label_key: batch key of the class label for a conditional net (``n_classes`` > 0).
-        classifier_ckpt: checkpoint of a ClassifierModule for the generation metrics.
-        samples_per_class: prior samples per class for the generation metrics.
         latent_prior: ``model`` samples the network's own prior (N(0, I) or its learned
             class prior); ``gmm`` samples a mixture of ``prior_components`` diagonal
             Gaussians per class fitted to the training set's posterior means after every
@@ -57,6 +62,12 @@ class VAEModule(TaskModule):
             prior's standard deviation, 1 being the prior itself. Below 1 the samples keep
             closer to the modes of each class (the "reduced temperature" sampling of Glow,
             Kingma and Dhariwal 2018).
+        monitor, monitor_mode: the monitored metric (see :class:`TaskModule`).
+        classifier_ckpt, samples_per_class: deprecated (configs and checkpoints of earlier
+            versions): a classifier named here is handed to a
+            :class:`~audiolab.callbacks.generation_metrics.GenerationMetricsCallback` that
+            this module adds to the trainer (:meth:`configure_callbacks`), unless the
+            trainer has one with a classifier of its own.
     """
 
     task = "generation"
@@ -75,19 +86,30 @@ class VAEModule(TaskModule):
         free_bits: float = 0.0,
         label_key: str = "digit",
         classifier_ckpt: str | None = None,
-        samples_per_class: int = 50,
+        samples_per_class: int | None = None,
         latent_prior: str = "model",
         prior_components: int = 10,
         sample_temperature: float = 1.0,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, monitor=monitor, monitor_mode=monitor_mode)
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"unknown recon_loss {recon_loss!r}; choose one of {RECON_LOSSES}")
         if latent_prior not in LATENT_PRIORS:
             raise ValueError(f"unknown latent_prior {latent_prior!r}; choose one of {LATENT_PRIORS}")
         if not sample_temperature > 0:
             raise ValueError(f"sample_temperature must be positive (1: the prior itself), got {sample_temperature}")
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            logger=False, ignore=["net", "optimizer", "scheduler", "classifier_ckpt", "samples_per_class"]
+        )
+        # the deprecated arguments of the generation metrics, for configure_callbacks
+        self._generation_metrics = None
+        if classifier_ckpt:
+            self._generation_metrics = {"classifier_ckpt": str(classifier_ckpt)}
+            if samples_per_class is not None:
+                self._generation_metrics["samples_per_class"] = int(samples_per_class)
+        self._forwarded_callback = None
         self.net = net
         self.val_lsd = LogSpectralDistance()
         self.test_lsd = LogSpectralDistance()
@@ -227,65 +249,72 @@ class VAEModule(TaskModule):
         )
         self.log(f"{stage}/lsd", lsd, on_epoch=True, prog_bar=True, batch_size=n)
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        if self.hparams.classifier_ckpt:
-            self._test_real.append({k: batch[k].detach() for k in ("spec", self.hparams.label_key)})
-
     def on_validation_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.latent_mixture is not None and datamodule is not None and not self.trainer.sanity_checking:
             self.fit_latent_mixture(datamodule.train_dataloader().dataset)
 
-    def on_test_epoch_start(self) -> None:
-        self._test_real: list[dict[str, torch.Tensor]] = []
+    def configure_callbacks(self):
+        """The deprecated ``classifier_ckpt`` argument: a generation-metrics callback with
+        it, unless the trainer has one with a classifier already (that one wins)."""
+        if self._generation_metrics is None:
+            return []
+        from audiolab.callbacks.generation_metrics import GenerationMetricsCallback
 
-    def on_test_epoch_end(self) -> None:
-        if self.hparams.classifier_ckpt:
-            self.log_dict(self.generation_metrics(), sync_dist=True)
+        own = [
+            c
+            for c in self.trainer.callbacks
+            if isinstance(c, GenerationMetricsCallback) and c is not self._forwarded_callback and c.active
+        ]
+        if own:
+            rank_zero_warn(
+                f"model.classifier_ckpt={self._generation_metrics['classifier_ckpt']} is ignored: "
+                f"callbacks.generation_metrics.classifier_ckpt={own[0].classifier_ckpt} measures the samples"
+            )
+            return []
+        if self._forwarded_callback is None:
+            rank_zero_warn(
+                "model.classifier_ckpt and model.samples_per_class are deprecated: the generation metrics "
+                "are a callback, callbacks.generation_metrics.classifier_ckpt / .samples_per_class "
+                "(callbacks=vae; eval.py: +callbacks=generation_metrics). Handing the classifier to it.",
+                category=FutureWarning,
+            )
+            self._forwarded_callback = GenerationMetricsCallback(**self._generation_metrics)
+        return [self._forwarded_callback]
 
-    @torch.no_grad()
-    def generation_metrics(self) -> dict[str, float]:
-        from audiolab.metrics.generation import frechet_distance, inception_score
-        from audiolab.utils.checkpoint import load_module
+    # -- eval.py's report ---------------------------------------------------------------
+    def report(self, datamodule, metrics: dict[str, float], out: Path, trainer=None) -> Report:
+        """Reconstruction and generation metrics (the latter beside the real data's values),
+        and a grid of test clips, their reconstructions and prior samples."""
+        from audiolab.utils.plots import spectrogram_grid
 
-        classifier, _ = load_module(self.hparams.classifier_ckpt, self.device)
-        key = self.hparams.label_key
-        n_classes = classifier.hparams.n_classes
+        report = Report()
+        rows = []
+        for key, ref, what in REPORT_ROWS:
+            if key in metrics:
+                reference = metrics.get(ref) if ref else None
+                report.headline.append((key, metrics[key], reference))
+                rows.append([key, metrics[key], "-" if reference is None else reference, what])
+        report.sections.append(
+            "## Reconstruction and generation\n\n"
+            + markdown_table(["metric", "value", "reference", "what"], rows)
+        )
 
-        def score(specs: torch.Tensor):
-            probs, feats = [], []
-            for chunk in specs.split(128):
-                feats.append(classifier.net.embed(chunk))
-                probs.append(torch.softmax(classifier.net.head(feats[-1]), dim=-1))
-            return torch.cat(probs), torch.cat(feats)
-
-        real_spec = torch.cat([b["spec"] for b in self._test_real])
-        real_labels = torch.cat([b[key] for b in self._test_real])
-        if self.trainer.world_size > 1:
-            # Each DDP rank saw its share of the test split (the same number of clips on
-            # every rank: Lightning's sampler pads the split). IS and FD are not means over
-            # clips, so every rank scores all the clips and logs the same values.
-            real_spec = self.all_gather(real_spec).flatten(0, 1)
-            real_labels = self.all_gather(real_labels).flatten(0, 1)
-        real_probs, real_feats = score(real_spec)
-        val_spec = torch.cat([b["spec"].to(self.device) for b in self.trainer.datamodule.val_dataloader()])
-        _, val_feats = score(val_spec)
-
-        labels = torch.arange(n_classes, device=self.device).repeat_interleave(self.hparams.samples_per_class)
-        generator = torch.Generator(device=self.device).manual_seed(0)
-        samples = torch.cat([
-            self.sample(len(chunk), chunk if self.conditional else None, generator=generator)
-            for chunk in labels.split(128)
-        ])
-        gen_probs, gen_feats = score(samples)
-        metrics = {
-            "test/real_acc": (real_probs.argmax(-1) == real_labels).float().mean().item(),
-            "test/real_is": inception_score(real_probs).item(),
-            "test/real_fd": frechet_distance(val_feats, real_feats).item(),
-            "test/gen_is": inception_score(gen_probs).item(),
-            "test/gen_fd": frechet_distance(gen_feats, real_feats).item(),
-        }
-        if self.conditional:
-            metrics["test/gen_acc"] = (gen_probs.argmax(-1) == labels).float().mean().item()
-        return metrics
+        batch = test_items(datamodule, 8)
+        if batch is not None and "spec" in batch:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            labels = self.labels(batch)
+            generator = torch.Generator(device=self.device).manual_seed(0)
+            grid = {
+                "test input": batch["spec"],
+                "reconstruction": self.reconstruct(batch["spec"], labels),
+                "prior sample": self.sample(len(batch["spec"]), labels, generator=generator),
+            }
+            titles = [f"digit {int(d)}" for d in batch["digit"]] if "digit" in batch else None
+            name = save_figure(spectrogram_grid(grid, titles), out / "spectrograms.png")
+            report.sections.append(
+                "## Spectrograms\n\nTest clips spread over the split, their reconstructions (posterior mean) and "
+                "prior samples conditioned on the same labels (seed 0).\n\n"
+                f"![spectrograms](report/{name})\n"
+            )
+        return report

@@ -59,6 +59,7 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
         "audiolab.metrics.separation.MeanUsdr",
         "audiolab.metrics.spectral.LogSpectralDistance",
         # callbacks
+        "audiolab.callbacks.generation_metrics.GenerationMetricsCallback",
         "audiolab.callbacks.museval.MusevalCallback",
         "audiolab.callbacks.vae_media.VAEMediaCallback",
         "audiolab.callbacks.weights_check.WeightsCheck",
