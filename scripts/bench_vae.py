@@ -26,7 +26,7 @@ import torch
 
 from audiolab.audio.features import spectrogram_to_audio
 from audiolab.cli import compose_run
-from audiolab.train import train
+from audiolab.tasks.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 # each model with its own recipe: the baseline's batch 64 (the classic code's), ours batch 16

@@ -294,7 +294,7 @@ def test_bad_input_files(bad_runs, tool, case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_files_generate(tmp_path, vae_ckpt, case):
     """generate.py reads two recordings (interpolate=[a,b]): in-process, one case each."""
-    from audiolab.generate import generate
+    from audiolab.tasks.generate import generate
 
     bad = write_case(tmp_path / "in", case)
     good = write_good(tmp_path / "in")[0]
@@ -356,9 +356,9 @@ def test_bad_output_location(tmp_path, tool, problem):
 
 @pytest.mark.parametrize("tool", ["predict", "separate", "generate"])
 def test_output_is_checked_within_a_second_before_the_model(tmp_path, tool):
-    from audiolab.generate import generate
-    from audiolab.predict import predict_files
-    from audiolab.separate import separate_files
+    from audiolab.tasks.generate import generate
+    from audiolab.tasks.predict import predict_files
+    from audiolab.tasks.separate import separate_files
 
     task = {"predict": predict_files, "separate": separate_files, "generate": generate}[tool]
     out, words = bad_output(tmp_path, "under_a_file")
@@ -376,8 +376,8 @@ def test_output_is_checked_within_a_second_before_the_model(tmp_path, tool):
 
 @pytest.mark.parametrize("tool", ["predict", "separate"])
 def test_inputs_that_would_share_outputs_are_refused_before_any_work(tmp_path, tool):
-    from audiolab.predict import predict_files
-    from audiolab.separate import separate_files
+    from audiolab.tasks.predict import predict_files
+    from audiolab.tasks.separate import separate_files
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -464,7 +464,7 @@ def _run(task, tool: str, overrides: list[str], run_dir: Path, capsys) -> str:
 
 
 def test_predict_rerun_with_other_settings_keeps_and_says_so(tmp_path, capsys, caplog):
-    from audiolab.predict import predict_files
+    from audiolab.tasks.predict import predict_files
 
     inputs = tmp_path / "in"
     a, b = write_good(inputs)
@@ -500,7 +500,7 @@ def test_predict_rerun_with_other_settings_keeps_and_says_so(tmp_path, capsys, c
 
 
 def test_separate_rerun_with_other_settings_keeps_and_says_so(tmp_path, sep_ckpt, capsys, caplog):
-    from audiolab.separate import separate_files
+    from audiolab.tasks.separate import separate_files
 
     inputs = tmp_path / "in"
     write_good(inputs)
@@ -547,8 +547,8 @@ def test_separate_rerun_with_other_settings_keeps_and_says_so(tmp_path, sep_ckpt
     ],
 )  # fmt: skip
 def test_impossible_settings_are_one_line_before_the_first_file(tmp_path, sep_ckpt, tool, overrides, message):
-    from audiolab.predict import predict_files
-    from audiolab.separate import separate_files
+    from audiolab.tasks.predict import predict_files
+    from audiolab.tasks.separate import separate_files
 
     inputs = tmp_path / "in"
     write_good(inputs)

@@ -153,7 +153,7 @@ def data_overrides(data: str, cache_dir) -> list[str]:
 def test_pair_trains_one_step(data, model, tmp_path, shared_cache):
     """Instantiate the pair from the real configs and run a fast_dev_run (one train,
     validation and test batch) through train()."""
-    from audiolab.train import train
+    from audiolab.tasks.train import train
 
     overrides = [f"data={data}", f"model={model}", "debug=fdr", "extras.print_config=false"]
     cfg = compose_config("train", overrides + data_overrides(data, shared_cache), tmp_path)

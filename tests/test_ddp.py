@@ -31,7 +31,7 @@ from audiolab.callbacks.weights_check import (
     checksums,
     tensor_checksum,
 )
-from audiolab.train import train
+from audiolab.tasks.train import train
 from audiolab.utils import distributed
 from audiolab.utils.checkpoint import load_checkpoint, stored_config
 from audiolab.utils.distributed import quote_override_value, rank_command

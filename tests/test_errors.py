@@ -51,7 +51,7 @@ def test_impossible_f0_range_from_config(tmp_path):
 
 
 def test_data_at_the_wrong_rate_is_refused(tmp_path):
-    from audiolab.train import train
+    from audiolab.tasks.train import train
 
     cfg = compose_config("train", ["debug=fdr", "data.sample_rate=8000", "data.fmax=1000"], tmp_path)
     with pytest.raises(ValueError, match="expects 16000 Hz audio but the data is at 8000 Hz"):

@@ -16,7 +16,7 @@ from helpers import compose_config, require_shared, run_cli
 from test_pitch_metrics import MDB, MDB_NAME
 
 from audiolab.data.pitch_eval import read_f0_csv
-from audiolab.predict import predict_files
+from audiolab.tasks.predict import predict_files
 from audiolab.utils.errors import AudiolabError
 
 FSDD_FILES = ("0_george_0.wav", "3_jackson_1.wav", "7_theo_2.wav")

@@ -351,7 +351,7 @@ def test_musdb_vocals_of_the_real_preview_are_labelled(tmp_path):
 def test_experiment_trains_two_steps(experiment, data, tmp_path, shared_cache):
     from test_configs import data_overrides
 
-    from audiolab.train import train
+    from audiolab.tasks.train import train
 
     overrides = [
         f"experiment={experiment}",

@@ -82,7 +82,7 @@ def test_bad_folders_and_tracks_are_refused_by_name(tmp_path):
 @pytest.fixture(scope="module")
 def pitch_checkpoint(tmp_path_factory):
     """A pitch checkpoint: pretrained CREPE tiny after one synthetic training step."""
-    from audiolab.train import train
+    from audiolab.tasks.train import train
 
     out = tmp_path_factory.mktemp("pitch_train")
     cfg = compose_config(

@@ -90,11 +90,11 @@ def test_python_api_refuses_crafted_checkpoints(tmp_path, pitch_config, payload)
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_task_functions_refuse_crafted_checkpoints(tmp_path, pitch_config, payload):
     """eval, predict, separate, generate and resume, in-process, every payload."""
-    from audiolab.evaluate import evaluate
-    from audiolab.generate import generate
-    from audiolab.predict import predict_files
-    from audiolab.separate import separate_files
-    from audiolab.train import train
+    from audiolab.tasks.evaluate import evaluate
+    from audiolab.tasks.generate import generate
+    from audiolab.tasks.predict import predict_files
+    from audiolab.tasks.separate import separate_files
+    from audiolab.tasks.train import train
 
     ckpt, sentinel = crafted(tmp_path, pitch_config, payload)
     wav = tmp_path / "in" / "tone.wav"

@@ -11,7 +11,7 @@ import torch
 from helpers import RUN_DIR_NAME, SMALL, compose_config, output_dir_of, read_wandb_records, run_cli
 from omegaconf import OmegaConf
 
-from audiolab.train import train
+from audiolab.tasks.train import train
 
 
 def test_fast_dev_run(tmp_path):
@@ -47,7 +47,7 @@ def test_one_metric_and_mode_drive_checkpoints_and_the_plateau_scheduler(metric,
 def test_a_plateau_mode_against_the_optimized_mode_is_refused(tmp_path):
     import hydra
 
-    from audiolab.train import fill_task_defaults
+    from audiolab.tasks.train import fill_task_defaults
 
     cfg = compose_config(
         "train",

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from helpers import compose_config, output_dir_of, require_shared, run_cli
 
-from audiolab.train import train
+from audiolab.tasks.train import train
 
 TINY_DATA = [
     "data.batch_size=8",

@@ -85,7 +85,7 @@ def _run(config_name: str, task: str) -> None:
 
 def train_objective(cfg: DictConfig) -> float | None:
     """Train, and return ``optimized_metric`` to a sweeper (None when it was never logged)."""
-    from audiolab.train import train
+    from audiolab.tasks.train import train
     from audiolab.utils.hydra import in_multirun, metric_value
 
     metrics, _ = train(cfg)
@@ -110,16 +110,16 @@ def eval_main() -> None:
     sys.argv = [sys.argv[0]] + [
         ("++" + a if _STORED_OVERRIDE.match(a) else a) for a in sys.argv[1:]
     ]
-    _run("eval", "evaluate:evaluate")
+    _run("eval", "tasks.evaluate:evaluate")
 
 
 def generate_main() -> None:
-    _run("generate", "generate:generate")
+    _run("generate", "tasks.generate:generate")
 
 
 def separate_main() -> None:
-    _run("separate", "separate:separate_files")
+    _run("separate", "tasks.separate:separate_files")
 
 
 def predict_main() -> None:
-    _run("predict", "predict:predict_files")
+    _run("predict", "tasks.predict:predict_files")
