@@ -1,28 +1,27 @@
 """museval vs audiolab's BSSEval v4 on the same inputs, one run:
 
     .venv/bin/python scripts/bench_bsseval.py [--seconds 60] [--sources 4] [--device cpu|cuda]
-        [--threads 2] [--repeats 5] [--no-policy-rows] [--float-stems] [--museval-ulp] [--profile]
+        [--threads 1] [--repeats 5] [--no-policy-rows] [--float-stems] [--museval-ulp] [--profile]
 
 Both score the same estimates of the same references (a synthetic track from the built-in
 generator, estimates = references plus noise and cross-talk of varying strength) with
 BSSEval v4 (images mode, whole-track filters, 1-s frames). Prints the seconds of each, the
 ratio, and the largest |difference| per metric (NaN positions must match).
 
-Threads: museval runs with its numpy/scipy BLAS on its default thread count (printed; all
-cores of this machine). audiolab runs on one torch thread (its default, meant for one track
-per process) and on ``--threads``; each time is the best of ``--repeats`` calls, as one call
-of under 3 s swings by a third from run to run on a shared VM (the median of those calls is
-printed too).
+Threads: museval runs with its numpy/scipy BLAS on its default thread count (printed).
+audiolab runs on one torch thread (its default, meant for one track per process), and also
+on ``--threads`` where that is not 1; each time is the best of ``--repeats`` calls (their
+median is printed too), as calls on a shared VM swing from run to run. The load average
+is printed before and after.
 
-Memory: a call needs about 0.8 GB of temporaries. glibc maps large blocks afresh on every
-call (a page fault per 4 KB page), so audiolab keeps its largest scratch buffers from one
-call to the next (``audiolab.utils.memory.ScratchPool``, on transparent huge pages where the
-kernel has them) and takes its FFTs a few rows at a
-time (their outputs then come from the heap glibc already has); the "first call" row times a
-call after letting them go, what a single call in a fresh process pays. The last rows
-switch the whole process to ``audiolab.utils.memory.keep_freed_memory`` (what the museval
-callback's workers run with) and time audiolab again, then museval again under the same
-policy (``--no-policy-rows`` skips them).
+First call: one call in a fresh Python process (torch and audiolab imported, the track
+loaded, then one call timed): what scoring a single track costs, as a one-track eval.py
+does, where every large buffer is mapped and faulted in for the first time.
+
+Memory: the last rows switch this process to ``audiolab.utils.memory.keep_freed_memory``
+(what the museval callback's worker processes run with: later calls reuse the pages of
+earlier ones) and time audiolab again, then museval again under the same policy
+(``--no-policy-rows`` skips them).
 
 The references are quantised to 16 bits, as the synthetic dataset stores them (and as every
 real stem is); ``--float-stems`` keeps the raw float renders, whose band-limited sources
@@ -34,14 +33,19 @@ references changed by one ulp. ``--profile`` adds where audiolab's time goes, by
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from audiolab.data.synth_musdb import SOURCES, render_track
-from audiolab.metrics.bss_eval import bss_eval_v4, release_buffers
+from audiolab.metrics.bss_eval import bss_eval_v4
 from audiolab.utils.memory import keep_freed_memory
 
 METRICS = ("sdr", "isr", "sir", "sar")
@@ -71,7 +75,11 @@ def blas_threads() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "unknown (threadpoolctl not installed)"
-    found = {f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info() if i["user_api"] == "blas"}
+    found = {
+        f"{i['internal_api']} {i['num_threads']}"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    }
     return ", ".join(sorted(found)) or "none found"
 
 
@@ -95,6 +103,35 @@ def largest_difference(a: dict, b: dict) -> dict[str, tuple[float, bool]]:
     return out
 
 
+FIRST_CALL = """
+import sys, time
+import numpy as np
+import torch
+
+refs, ests = (torch.from_numpy(np.load(f)) for f in sys.argv[1:3])
+from audiolab.metrics.bss_eval import bss_eval_v4
+
+start = time.perf_counter()
+bss_eval_v4(refs, ests, num_threads=1)
+print(time.perf_counter() - start)
+"""
+
+
+def first_call(refs: np.ndarray, ests: np.ndarray) -> float:
+    """Seconds of one audiolab call (one thread) in a fresh Python process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [str(Path(tmp) / f"{name}.npy") for name in ("refs", "ests")]
+        for f, x in zip(files, (refs, ests), strict=True):
+            np.save(f, x)
+        cmd = [sys.executable, "-c", FIRST_CALL, *files]
+        run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(run.stdout.split()[-1])
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def profile_stages(refs: torch.Tensor, ests: torch.Tensor) -> None:
     """Seconds per stage of one audiolab call (torch profiler, the bss_eval.* labels)."""
     from torch.profiler import ProfilerActivity, profile
@@ -112,9 +149,7 @@ def profile_stages(refs: torch.Tensor, ests: torch.Tensor) -> None:
     for key, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"| {key.removeprefix('bss_eval.')} | {seconds:.3f} | {seconds / total:.0%} |")
     rest = total - sum(stages.values())
-    print(
-        f"| other (filters to frequency, dead channels, glue) | {rest:.3f} | {rest / total:.0%} |"
-    )
+    print(f"| other (input checks, framing, glue) | {rest:.3f} | {rest / total:.0%} |")
 
 
 def main() -> None:
@@ -124,9 +159,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--sources", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="audiolab's second timing, torch threads")
-    parser.add_argument("--repeats", type=int, default=5, help="audiolab calls per timing (best kept)")
-    parser.add_argument("--no-policy-rows", action="store_true", help="skip the keep_freed_memory rows")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="audiolab's second timing, torch threads"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="audiolab calls per timing (best kept)"
+    )
+    parser.add_argument(
+        "--no-policy-rows", action="store_true", help="skip the keep_freed_memory rows"
+    )
     parser.add_argument("--float-stems", action="store_true", help="do not quantise to 16 bits")
     parser.add_argument("--museval-ulp", action="store_true", help="museval again, refs + 1 ulp")
     parser.add_argument("--profile", action="store_true", help="audiolab's time by stage")
@@ -135,7 +176,8 @@ def main() -> None:
     refs, ests = make_case(args.seconds, args.sources, quantise=not args.float_stems)
     print(
         f"{args.sources} sources, stereo, {args.seconds:g} s at 44.1 kHz, "
-        f"{'float' if args.float_stems else '16-bit'} references; torch {torch.__version__}"
+        f"{'float' if args.float_stems else '16-bit'} references; torch {torch.__version__}; "
+        f"{os.cpu_count()} CPUs, load average {load()}"
     )
 
     start = time.perf_counter()
@@ -156,41 +198,37 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
         return (min(seconds), float(np.median(seconds))), out
 
+    def label(threads: int) -> str:
+        return f"audiolab on {threads} thread{'s' * (threads > 1)}"
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if device.type == "cpu":
+            once = first_call(refs, ests)
         bss_eval_v4(refs_t[:, :44100], ests_t[:, :44100])  # warm-up (kernels, allocator)
         timings = [(1, *timed(1))]
-        if device.type == "cpu" and args.threads != 1:
+        if args.threads != 1:
             timings.append((args.threads, *timed(args.threads)))
-        rows = [(f"audiolab on {threads} thread{'s' * (threads > 1)}", t_museval, seconds)
-                for threads, seconds, _ in timings]
+        rows = [(label(threads), t_museval, seconds) for threads, seconds, _ in timings]
         if device.type == "cpu":
-            # one call after letting the scratch buffers go: what a single call in a fresh
-            # process pays (mapping them afresh)
-            threads = max(t for t, _, _ in timings)
-            release_buffers()
-            start = time.perf_counter()
-            bss_eval_v4(refs_t, ests_t, num_threads=threads)
-            once = time.perf_counter() - start
-            rows.append((f"audiolab on {threads} thread{'s' * (threads > 1)}, first call "
-                         "(scratch buffers mapped afresh)", t_museval, (once, once)))
+            rows.append((f"{label(1)}, first call in a fresh process", t_museval, (once, once)))
         if device.type == "cpu" and not args.no_policy_rows:
             if keep_freed_memory():
-                threads = max(t for t, _, _ in timings)
-                seconds = timed(threads)[0]
+                seconds = timed(1)[0]
                 start = time.perf_counter()
                 museval_scores(refs, ests)
                 t_policy = time.perf_counter() - start
-                rows.append((f"both keeping freed memory, audiolab on {threads} thread{'s' * (threads > 1)}",
-                             t_policy, seconds))
+                rows.append((f"both keeping freed memory, {label(1)}", t_policy, seconds))
             else:
                 print("keep_freed_memory is not available here (needs Linux with glibc)")
     for warning in {str(w.message) for w in caught}:
         print(f"audiolab warned: {warning}")
     ours = {k: v.cpu().numpy() for k, v in timings[0][2].items()}
 
-    print(f"museval's BLAS threads: {blas_threads()}")
-    print(f"| seconds | museval | audiolab, best of {args.repeats} | ratio | audiolab, median | ratio |")
+    print(f"museval's BLAS threads: {blas_threads()}; load average after: {load()}")
+    print(
+        f"| seconds | museval | audiolab, best of {args.repeats} | ratio | audiolab, median | ratio |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, theirs_s, (best, median) in rows:
         print(

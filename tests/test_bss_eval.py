@@ -14,8 +14,7 @@ import pytest
 import torch
 from scipy import signal
 
-from audiolab.metrics import bss_eval
-from audiolab.metrics.bss_eval import bss_eval_v4
+from audiolab.metrics.bss_eval import bss_eval_v4, framing, schur, spectra
 
 museval_metrics = pytest.importorskip("museval.metrics")
 
@@ -304,7 +303,7 @@ def test_block_toeplitz_cholesky_matches_dense(n_lag: int, lags_per_block: int |
         for b in range(n_lag):
             dense[a, :, b] = gamma[b - a] if b >= a else gamma[a - b].T
     dense = dense.reshape(n_lag * p, n_lag * p)
-    chol, ok = bss_eval._block_toeplitz_cholesky(
+    chol, ok = schur.block_toeplitz_cholesky(
         torch.stack([gamma, gamma * 0.5]), lags_per_block=lags_per_block
     )
     assert ok.all()
@@ -316,25 +315,33 @@ def test_block_toeplitz_cholesky_matches_dense(n_lag: int, lags_per_block: int |
         torch.testing.assert_close(factor, expected * scale**0.5, rtol=1e-9, atol=1e-9)
     not_pd = gamma.clone()
     not_pd[0] -= 2 * torch.linalg.eigvalsh(dense)[-1] * torch.eye(p, dtype=torch.float64)
-    assert not bss_eval._block_toeplitz_cholesky(not_pd[None])[1].any()
+    assert not schur.block_toeplitz_cholesky(not_pd[None])[1].any()
 
 
+@pytest.mark.parametrize("fft_elems", [None, 1])
 @pytest.mark.parametrize(("window", "n_samples"), [(SR, 2 * SR + 700), (2000, 9000)])
-def test_tiled_correlations_match_direct(window: int, n_samples: int) -> None:
+def test_tiled_correlations_match_direct(
+    monkeypatch, window: int, n_samples: int, fft_elems
+) -> None:
     """Per-tile spectra plus the boundary correction give the whole-signal correlations at
-    lags -lag..lag (tiles as long as a frame, a trailing partial tile, short tiles)."""
+    lags -lag..lag (tiles as long as a frame, a trailing partial tile, short tiles), with
+    the default FFT batches and with one frame, boundary or column per FFT."""
+    if fft_elems is not None:
+        monkeypatch.setattr(spectra, "FFT_ELEMS", fft_elems)
     rng = np.random.default_rng(1)
     refs = torch.from_numpy(rng.standard_normal((2, n_samples, 2)))
     ests = torch.from_numpy(rng.standard_normal((2, n_samples, 2)))
     lag = 300
     signals = [refs.transpose(1, 2), ests.transpose(1, 2)]
     tiles = list(range(0, n_samples, window))
-    n_fft = bss_eval._next_fast_len(window + lag)
-    spec, acc = bss_eval._spectra(signals, tiles, window, n_fft, n_corr=4)
+    n_fft = framing.next_fast_len(window + lag)
+    spec = spectra.frame_spectra(signals, tiles, window, n_fft)
+    acc = spectra.cross_spectra(spec, 4)
     torch.testing.assert_close(acc, spec[..., :4].mH @ spec)
     r = torch.fft.irfft(acc.conj(), n=n_fft, dim=0)
     r = torch.cat([r[n_fft - lag :], r[: lag + 1]])
-    r += bss_eval._boundary_correlations(signals, 4, tiles[1:], lag)
+    torch.testing.assert_close(spectra.lags(acc, n_fft, lag), r)
+    r += spectra.boundary_correlations(signals, 4, tiles[1:], lag)
     y = torch.cat([s.reshape(4, -1) for s in signals]).numpy()
     for i in (0, 3):
         # r[m] = sum_n y_i[n + m] y_j[n]: row m of the shifted copies of y_i, dotted with y_j
@@ -348,50 +355,32 @@ def test_tiling_holds_frame_spectra_only_where_the_frames_tile_the_track(monkeyp
     (hop == window) and all fit at once; overlapping frames as long as the correlation tile
     get tiles of their own."""
     n = 10 * SR
-    starts, width = bss_eval._frame_starts(n, SR, SR)
-    n_fft = bss_eval._next_fast_len(width + 511)
-    tiling = bss_eval._tiling(n, starts, width, n_fft, 511, 4)
+    starts, width = framing.frame_starts(n, SR, SR)
+    n_fft = framing.next_fast_len(width + 511)
+    tiling = spectra.tiling(n, starts, width, n_fft, 511, 4)
     assert tiling.held and tiling.starts == starts and tiling.length == width
-    tile = bss_eval._CORR_TILE
-    starts, width = bss_eval._frame_starts(n, tile, tile // 2)
-    tiling = bss_eval._tiling(n, starts, width, bss_eval._next_fast_len(width + 511), 511, 4)
+    tile = spectra.CORR_TILE
+    starts, width = framing.frame_starts(n, tile, tile // 2)
+    tiling = spectra.tiling(n, starts, width, framing.next_fast_len(width + 511), 511, 4)
     assert not tiling.held and tiling.length == tile
-    monkeypatch.setattr(bss_eval, "_MAX_SPEC_ELEMS", 3 * 8 * (n_fft // 2 + 1))
-    starts, width = bss_eval._frame_starts(n, SR, SR)
-    tiling = bss_eval._tiling(n, starts, width, n_fft, 511, 4)
+    monkeypatch.setattr(spectra, "MAX_SPEC_ELEMS", 3 * 8 * (n_fft // 2 + 1))
+    starts, width = framing.frame_starts(n, SR, SR)
+    tiling = spectra.tiling(n, starts, width, n_fft, 511, 4)
     assert not tiling.held and tiling.per_group == 3
 
 
 def test_chunked_long_track_path_gives_the_same_scores(monkeypatch) -> None:
-    """Spectra recomputed per group of frames (what long tracks do to bound memory) and small
-    FFT batches and chunks give the same numbers as one pass; each group's spectra buffer
-    goes back to the scratch pool for the next (on Linux), and a second call on buffers
-    filled with NaN in between gives the same numbers."""
-    from audiolab.utils.memory import _POOLING, _UNIT, ScratchPool
-
+    """Spectra taken group by group, twice (what long tracks do to bound memory), and small
+    FFT batches and chunks give the same numbers as one pass."""
     refs, ests = random_case("mixed", seed=6)
     whole = bss_eval_v4(refs, ests)
-    pool = ScratchPool(min_bytes=1)
-    monkeypatch.setattr(bss_eval, "_SCRATCH", pool)
     # 3 frames a group (2 sources of 2 channels: 8 spectra a frame, 22401 bins)
-    monkeypatch.setattr(bss_eval, "_MAX_SPEC_ELEMS", 3 * 8 * 22401)
-    monkeypatch.setattr(bss_eval, "_FFT_ELEMS", 16 * 22501)
-    monkeypatch.setattr(bss_eval, "_CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(spectra, "MAX_SPEC_ELEMS", 3 * 8 * 22401)
+    monkeypatch.setattr(spectra, "FFT_ELEMS", 16 * 22501)
+    monkeypatch.setattr(spectra, "CHUNK_ELEMS", 1000)
     chunked = bss_eval_v4(refs, ests)
     for name in METRICS:
         torch.testing.assert_close(chunked[name], whole[name], rtol=0, atol=1e-9)
-    if _POOLING:
-        assert pool.left_in_use == 0
-        # a group's spectra (3 frames) fill one buffer, used by every group in turn
-        group_bytes = -(-3 * 8 * 22401 * 16 // _UNIT) * _UNIT
-        assert [len(b) for b in pool._free].count(group_bytes) == 1
-        for buf in pool._free:
-            torch.frombuffer(buf, dtype=torch.float64).fill_(torch.nan)
-        del buf
-        again = bss_eval_v4(refs, ests)
-        for name in METRICS:
-            assert torch.equal(again[name].nan_to_num(-1.0), chunked[name].nan_to_num(-1.0))
-        assert pool.left_in_use == 0
 
 
 def test_threads_setting_is_restored() -> None:
@@ -401,10 +390,9 @@ def test_threads_setting_is_restored() -> None:
     assert torch.get_num_threads() == before
 
 
-def test_two_threads_factorise_alongside_with_the_same_scores(monkeypatch) -> None:
-    """On 2+ threads the factorisation runs in a helper thread while the estimates' spectra
-    are taken: the same numbers as on one thread, torch's thread setting restored, the
-    ridge warning raised to the caller, and an error in the helper too."""
+def test_two_threads_give_the_same_scores(monkeypatch) -> None:
+    """On 2 threads: the same numbers as on one, torch's thread setting restored, the ridge
+    warning raised to the caller, and the ridge error too."""
     refs, ests = random_case("mixed", seed=3)
     before = torch.get_num_threads()
     one = bss_eval_v4(refs, ests, num_threads=1)
@@ -415,36 +403,7 @@ def test_two_threads_factorise_alongside_with_the_same_scores(monkeypatch) -> No
     refs, ests = tone_case()
     with pytest.warns(RuntimeWarning, match="singular to working precision"):
         bss_eval_v4(refs, ests, num_threads=2)
-    monkeypatch.setattr(bss_eval, "_RIDGES", (1e-30,))
+    monkeypatch.setattr(schur, "RIDGES", (1e-30,))
     with pytest.raises(ValueError, match="stays singular"):
         bss_eval_v4(refs, ests, num_threads=2)
     assert torch.get_num_threads() == before
-
-
-def test_scratch_buffers_reused_between_calls_change_nothing(monkeypatch) -> None:
-    """The spectra, filter and factor buffers kept from one call to the next: a call on a
-    pool whose buffers hold NaN from elsewhere gives exactly the numbers of a call on fresh
-    (zeroed) memory, whatever track came in between; release_buffers empties the pool."""
-    from audiolab.utils.memory import _POOLING, ScratchPool
-
-    if not _POOLING:
-        pytest.skip("ScratchPool keeps buffers only on Linux")
-    pool = ScratchPool(min_bytes=1)  # pool every buffer, however small the test track
-    monkeypatch.setattr(bss_eval, "_SCRATCH", pool)
-    refs, ests = random_case("mixed", seed=4)
-    first = bss_eval_v4(refs, ests, num_threads=2)
-    assert pool.kept_bytes() > 0
-    other = random_case("noisy", seed=5)
-    bss_eval_v4(other[0][:, : 3 * SR], other[1][:, : 3 * SR])
-    for buf in pool._free:  # whatever a buffer held before must be overwritten or unused
-        torch.frombuffer(buf, dtype=torch.float64).fill_(torch.nan)
-    del buf  # (a reference left here would keep the pool from taking it back)
-    again = bss_eval_v4(refs, ests, num_threads=2)
-    for name in METRICS:
-        assert torch.equal(again[name].nan_to_num(-1.0), first[name].nan_to_num(-1.0)), name
-    once = bss_eval_v4(refs, ests, num_threads=1)  # 1 thread: no helper, same numbers
-    for name in METRICS:
-        torch.testing.assert_close(once[name], first[name], rtol=0, atol=1e-9, equal_nan=True)
-    assert pool.left_in_use == 0  # every buffer came back to the pool after each call
-    bss_eval.release_buffers()
-    assert pool.kept_bytes() == 0
