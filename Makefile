@@ -26,7 +26,7 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): $(LOCK) pyproject.toml scripts/install_system_deps.sh
+$(STAMP): $(LOCK) pyproject.toml setup.py scripts/install_system_deps.sh
 	@bash scripts/install_system_deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
