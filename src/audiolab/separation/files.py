@@ -3,8 +3,8 @@ one model load for many files. The audio arrives in blocks, goes through
 :func:`iter_separate` and is written block by block, so memory stays flat however long the
 file is.
 
-Writing is safe: each output goes to a ``.partial`` file renamed into place only when
-the whole file has been separated, so an interrupted or failed file never leaves a
+Writing is safe: :func:`separate_file` writes through
+:func:`audiolab.utils.atomic.atomic_write`, so an interrupted or failed file never leaves a
 truncated output, and finished outputs are never overwritten unless asked.
 
 Bad files are refused with one line naming them (see :mod:`audiolab.audio.io`).
@@ -22,6 +22,7 @@ from torch import nn
 
 from audiolab.audio.io import read_blocks, track_name
 from audiolab.separation.overlap_add import SeparationInputError, iter_separate, network_of
+from audiolab.utils.atomic import atomic_write
 
 log = logging.getLogger("audiolab")
 
@@ -47,36 +48,47 @@ def separate_file(
     out_dir: str | Path,
     targets: Sequence[str] | None = None,
     accompaniment: bool = True,
+    overwrite: bool = False,
+    **kwargs,
+) -> list[Path]:
+    """Separate one file into ``out_dir/<track>/<target>.wav`` (at the network's sample
+    rate), plus ``accompaniment.wav`` = mixture - vocals when the network separates
+    vocals but not accompaniment, all renamed into place together once complete. Returns
+    the written paths; outputs that already exist are kept (the file is skipped) unless
+    ``overwrite``. ``kwargs``: as :func:`write_stems`."""
+    path = Path(path)
+    outputs = output_names(model, targets, accompaniment)
+    folder = Path(out_dir) / track_name(path)
+    final = [folder / f"{name}.wav" for name in outputs]
+    if not overwrite and all(p.exists() for p in final):
+        log.info(f"{path.name}: outputs exist in {folder}, skipping (overwrite=true redoes them)")
+        return []
+    with atomic_write(*final) as temps:
+        write_stems(model, path, dict(zip(outputs, temps, strict=True)), **kwargs)
+    return final
+
+
+def write_stems(
+    model: nn.Module,
+    path: str | Path,
+    files: dict[str, Path],
     chunk_seconds: float = 6.0,
     overlap: float = 0.25,
     window: str = "hann",
     batch_size: int = 4,
     device: str | torch.device | None = None,
     subtype: str = "FLOAT",
-    overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
-    commit: bool = True,
-) -> list[Path]:
-    """Separate one file into ``out_dir/<track>/<target>.wav`` (at the network's sample
-    rate), plus ``accompaniment.wav`` = mixture - vocals when the network separates
-    vocals but not accompaniment. Returns the written paths; outputs that already exist
-    are kept (the file is skipped) unless ``overwrite``. ``commit=False`` leaves the
-    finished outputs as ``<target>.wav.partial`` for the caller to rename (all of them at
-    once: :mod:`audiolab.utils.file_jobs`)."""
+) -> None:
+    """Separate ``path`` and write each stem of ``files`` (``{name: wav path}``, names from
+    :func:`output_names`) block by block, exactly to those paths: renaming them into place
+    is the caller's (:func:`separate_file`, :mod:`audiolab.utils.file_jobs`)."""
     net = network_of(model)
     path = Path(path)
-    outputs = output_names(net, targets, accompaniment)
-    residual = outputs[-1] == "accompaniment" and "accompaniment" not in net.targets
-    names = outputs[:-1] if residual else outputs
-    folder = Path(out_dir) / track_name(path)
-    final = {name: folder / f"{name}.wav" for name in outputs}
-    if not overwrite and all(p.exists() for p in final.values()):
-        log.info(f"{path.name}: outputs exist in {folder}, skipping (overwrite=true redoes them)")
-        return []
+    residual = "accompaniment" in files and "accompaniment" not in net.targets
+    names = [name for name in files if not (residual and name == "accompaniment")]
     channels = getattr(net, "audio_channels", 2)
-    info, blocks = read_blocks(path, net.sample_rate, channels)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = {name: p.with_name(p.name + ".partial") for name, p in final.items()}
+    _, blocks = read_blocks(path, net.sample_rate, channels)
     index = {name: list(net.targets).index(name) for name in names}
     vocals = list(net.targets).index("vocals") if residual else None
     mixture_fifo: list[torch.Tensor] = []
@@ -109,7 +121,7 @@ def separate_file(
             subtype=subtype,
             format="WAV",
         )
-        for name, p in partial.items()
+        for name, p in files.items()
     }
     try:
         for est in iter_separate(
@@ -121,13 +133,6 @@ def separate_file(
                 writers["accompaniment"].write(
                     (take_mixture(est.shape[-1]) - est[vocals]).T.numpy()
                 )
-    except BaseException:
-        for name, writer in writers.items():
+    finally:
+        for writer in writers.values():
             writer.close()
-            partial[name].unlink(missing_ok=True)
-        raise
-    for name, writer in writers.items():
-        writer.close()
-        if commit:
-            partial[name].replace(final[name])
-    return list(final.values())

@@ -15,7 +15,7 @@ import soundfile as sf
 from omegaconf import DictConfig
 
 from audiolab.audio.io import track_name
-from audiolab.separation.files import output_names, separate_file
+from audiolab.separation.files import output_names, write_stems
 from audiolab.separation.overlap_add import WINDOWS
 from audiolab.utils.checkpoint import load_module
 from audiolab.utils.devices import resolve_device
@@ -87,17 +87,13 @@ def separate_files(cfg: DictConfig) -> tuple[dict, dict]:
 
     def produce(job: FileJob) -> None:
         with tqdm(desc=job.source.name, unit="s", unit_scale=True, leave=False) as inner:
-            separate_file(
+            write_stems(
                 module,
                 job.source,
-                job.record.parent.parent,
-                targets=cfg.targets,
-                accompaniment=cfg.accompaniment,
+                {output.stem: job.partial(output) for output in job.outputs},
                 device=device,
                 subtype=cfg.subtype,
-                overwrite=True,
                 progress=lambda n: inner.update(n / rate),
-                commit=False,
                 batch_size=batch_size,
                 **chunking,
             )
