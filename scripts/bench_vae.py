@@ -35,9 +35,10 @@ EXPERIMENTS = {"vae_baseline": "vae_baseline_fsdd", "vae": "vae_fsdd"}
 
 def run_config(model: str, args, out_dir: Path, name: str | None = None, max_steps: int | None = None):
     overrides = [
-        f"experiment={EXPERIMENTS[model]}", "callbacks=default", "logger=csv",
-        f"data.root={args.fsdd_root}", f"model.classifier_ckpt={Path(args.classifier_ckpt).resolve()}",
-        f"model.samples_per_class={args.samples_per_class}", f"trainer.max_epochs={args.epochs}",
+        f"experiment={EXPERIMENTS[model]}", "callbacks.vae_media=null", "logger=csv",  # callbacks=vae without media
+        f"data.root={args.fsdd_root}",
+        f"callbacks.generation_metrics.classifier_ckpt={Path(args.classifier_ckpt).resolve()}",
+        f"callbacks.generation_metrics.samples_per_class={args.samples_per_class}", f"trainer.max_epochs={args.epochs}",
         "trainer.max_time=00:{:02d}:{:02d}:00".format(*divmod(args.max_minutes, 60)), "callbacks.rich_progress_bar=null",
         "extras.print_config=false", f"seed={args.seed}", f"paths.log_dir={out_dir}",
     ]

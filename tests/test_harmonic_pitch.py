@@ -79,6 +79,28 @@ def test_eval_mode_folds_batch_norm_into_the_convolutions():
     assert torch.allclose(fused, unfused, atol=1e-4), (fused - unfused).abs().max()
 
 
+def test_bin_stride_orders_the_head_outputs_by_bin_and_halves_the_cost():
+    """With bin_stride 2 the hidden layers see every second bin and the head gives two
+    logits per position: logit 2p + j is output channel j at position p."""
+    net = HarmonicPitchNet(channels=8, bin_stride=2).eval()
+    frames = torch.randn(3, 1024)
+    with torch.no_grad():
+        hidden = net._hidden(frames)
+        per_position = net.head(hidden)  # (frames, 2, 180)
+        logits = net.logits(frames)
+    assert hidden.shape == (3, 8, 180) and logits.shape == (3, 360)
+    assert torch.equal(logits[:, 0::2], per_position[:, 0]) and torch.equal(logits[:, 1::2], per_position[:, 1])
+    full = HarmonicPitchNet(channels=8)
+    stack = 2 * len(full.harmonics) * 360
+    fft = int(2.5 * full.n_fft * math.log2(full.n_fft))
+    convs_full = full.macs_per_frame() - fft - stack
+    convs_half = net.macs_per_frame() - fft - stack
+    head_full, head_half = 8 * 1 * 360, 8 * 2 * 180  # the head costs the same either way
+    assert convs_half - head_half == (convs_full - head_full) // 2
+    with pytest.raises(ValueError, match="bin_stride"):
+        HarmonicPitchNet(bin_stride=7)
+
+
 def test_cost_is_a_small_fraction_of_crepe_full():
     # CREPE full: about 1.3 GFLOP (0.65 G multiply-adds) per frame
     assert HarmonicPitchNet().macs_per_frame() < 0.65e9 / 100

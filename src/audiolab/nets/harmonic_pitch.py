@@ -46,6 +46,10 @@ class HarmonicPitchNet(nn.Module):
             interpolated spectrum).
         floor_db: the dB spectrum is clipped this far below its frame's maximum.
         dropout: dropout before the output convolution.
+        bin_stride: the hidden convolutions work on every ``bin_stride``-th bin (the first
+            one strides over the stack) and the output convolution gives ``bin_stride``
+            logits per position, one per bin it covers: ``bin_stride`` times fewer
+            multiply-adds for the same view along the bins. 1 keeps every bin.
     """
 
     def __init__(
@@ -57,8 +61,11 @@ class HarmonicPitchNet(nn.Module):
         n_fft: int = 2048,
         floor_db: float = 80.0,
         dropout: float = 0.0,
+        bin_stride: int = 1,
     ) -> None:
         super().__init__()
+        if bin_stride < 1 or N_BINS % bin_stride:
+            raise ValueError(f"bin_stride must divide the {N_BINS} output bins, got {bin_stride}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (same-size convolutions over the bins), got {kernel_size}")
         if n_fft < FRAME_LENGTH:
@@ -68,6 +75,7 @@ class HarmonicPitchNet(nn.Module):
         self.harmonics = [float(h) for h in harmonics]
         self.n_fft = n_fft
         self.floor_db = floor_db
+        self.bin_stride = bin_stride
         self.register_buffer("window", torch.hann_window(FRAME_LENGTH, periodic=True), persistent=False)
         # where each (harmonic, bin) reads the spectrum: lower FFT bin and interpolation weight
         freqs = 10.0 * 2.0 ** (bin_cents(N_BINS, dtype=torch.float64) / 1200.0)
@@ -84,19 +92,20 @@ class HarmonicPitchNet(nn.Module):
         self.input_norm = nn.BatchNorm1d(n_in)
         layers: list[nn.Module] = []
         c_in = n_in
-        for dilation in dilations:
-            layers.append(ConvBNReLU(c_in, channels, kernel_size, dilation))
+        for i, dilation in enumerate(dilations):
+            layers.append(ConvBNReLU(c_in, channels, kernel_size, dilation, stride=bin_stride if i == 0 else 1))
             c_in = channels
         self.body = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Conv1d(c_in, 1, 1)
+        self.head = nn.Conv1d(c_in, bin_stride, 1)
 
     def macs_per_frame(self) -> int:
         """Multiply-adds of one frame: the FFT (about 2.5 n log2 n real operations), the
         harmonic stack and the convolutions."""
         fft = int(2.5 * self.n_fft * math.log2(self.n_fft))
         stack = 2 * len(self.harmonics) * N_BINS
-        convs = sum(m.in_channels * m.out_channels * m.kernel_size[0] * N_BINS for m in self.modules() if isinstance(m, nn.Conv1d))
+        positions = N_BINS // self.bin_stride  # every convolution's output length
+        convs = sum(m.in_channels * m.out_channels * m.kernel_size[0] * positions for m in self.modules() if isinstance(m, nn.Conv1d))
         return fft + stack + convs
 
     def stack(self, frames: torch.Tensor) -> torch.Tensor:
@@ -121,7 +130,9 @@ class HarmonicPitchNet(nn.Module):
 
     def logits(self, frames: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid activations, shape ``(*frames.shape[:-1], 360)``."""
-        return self.head(self.dropout(self._hidden(frames))).reshape(*frames.shape[:-1], N_BINS)
+        # (frames, bin_stride, positions) -> bins in order: position p covers bins p * stride + j
+        out = self.head(self.dropout(self._hidden(frames))).transpose(1, 2)
+        return out.reshape(*frames.shape[:-1], N_BINS)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Sigmoid activations in [0, 1], shape ``(*frames.shape[:-1], 360)``."""
@@ -132,9 +143,9 @@ class ConvBNReLU(nn.Module):
     """Same-size convolution over the bins, batch norm, ReLU. In eval mode the batch norm is
     folded into the convolution's weights (one operation instead of two)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
+        self.conv = nn.Conv1d(c_in, c_out, kernel_size, stride=stride, padding=dilation * (kernel_size // 2), dilation=dilation)
         self.norm = nn.BatchNorm1d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,5 +154,5 @@ class ConvBNReLU(nn.Module):
         scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
         weight = self.conv.weight * scale[:, None, None]
         bias = (self.conv.bias - self.norm.running_mean) * scale + self.norm.bias
-        x = nn.functional.conv1d(x, weight, bias, padding=self.conv.padding, dilation=self.conv.dilation)
+        x = nn.functional.conv1d(x, weight, bias, stride=self.conv.stride, padding=self.conv.padding, dilation=self.conv.dilation)
         return torch.relu_(x)
