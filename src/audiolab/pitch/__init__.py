@@ -12,9 +12,11 @@ from audiolab.pitch.inference import (
     predict_files,
     predict_files_to_files,
 )
+from audiolab.pitch.stream import PitchStream
 
 __all__ = [
     "DECODERS",
+    "PitchStream",
     "bin_cents",
     "cents_to_hz",
     "decode",
