@@ -16,6 +16,17 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """One feature-cache folder for the whole session (FSDD features are computed once)."""

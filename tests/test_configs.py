@@ -29,6 +29,7 @@ PAIRS = [
     ("pitch_fsdd", "crepe"),
     ("pitch_mix", "crepe"),
     ("synth_pitch", "harmonic_pitch"),
+    ("pitch_speech", "harmonic_pitch"),
     ("fsdd", "vae_baseline"),
     ("fsdd", "vae"),
     ("fsdd", "digit_classifier"),
@@ -95,6 +96,23 @@ SMALL_DATA["pitch_mix"] = [
     "data.sources.musdb_vocals.data.root=${paths.data_dir}/musdb_synth",
     "data.sources.musdb_vocals.data.is_wav=true",
     "data.sources.musdb_vocals.data.synthetic={n_train: 2, n_valid: 1, n_test: 1, duration: 4}",
+]
+
+# the speech-first data of the shipped fast model: a few tiny glottal utterances and the
+# same 50 FSDD files resynthesised once
+SMALL_DATA["pitch_speech"] = [
+    "data.teacher.model=tiny",
+    "data.sources.resynth.data.speakers=[theo]",
+    "data.sources.resynth.data.digits=[0]",
+    "data.sources.resynth.variants=1",
+    "data.sources.glottal.clips={train: 3, val: 1, test: 1}",
+    "data.sources.glottal.seconds=0.5",
+    "data.sources.synth.data.val_clips=2",
+    "data.sources.synth.data.test_clips=2",
+    "data.batch_size=8",
+    "data.eval_batch_size=2",
+    "data.progress=false",
+    {"data.sources.resynth.data.root": ("fsdd",)},
 ]
 
 

@@ -18,7 +18,7 @@ from audiolab.data.clips import AudioClip
 from audiolab.data.fsdd import FsddDataModule
 from audiolab.data.musdb import MusdbDataModule, MusdbError
 from audiolab.data.pitch_corpus import PitchCorpus, cache_audio, cache_labels, hold_voiced_f0
-from audiolab.data.pitch_mix import PitchMixDataModule, PitchMixError, SynthSource, TeacherSource
+from audiolab.data.pitch_mix import PitchMixDataModule, PitchMixError, SpeechSource, SynthSource, TeacherSource
 from audiolab.data.sampling import EpochSampler
 from audiolab.data.synth_pitch import SynthPitchDataModule, SynthToneRenderer
 from audiolab.pitch import predict
@@ -322,6 +322,84 @@ def test_bad_mix_configs_are_refused(few_fsdd, pitch_cache):
         )
 
 
+# -- speech with exact labels -------------------------------------------------------------------
+
+
+def speech_mix(root, cache, augment=0.0, **glottal) -> PitchMixDataModule:
+    fsdd = FsddDataModule(root=str(root))
+    sources = {
+        "glottal": SpeechSource("glottal", clips={"train": 3, "val": 1, "test": 1}, seconds=0.5, **glottal),
+        "resynth": SpeechSource("resynth", fsdd, variants=2, degrade=0.5),
+    }
+    return PitchMixDataModule(
+        sources, ["glottal", "resynth"], ["resynth"], teacher={"model": "tiny"}, cache_dir=str(cache), batch_size=8,
+        eval_batch_size=2, train_batches_per_epoch=2, progress=False, augment=augment,
+    )
+
+
+def test_resynthesised_speech_carries_the_teacher_labels_exactly(few_fsdd, pitch_cache, monkeypatch):
+    dm = speech_mix(few_fsdd, pitch_cache)
+    dm.prepare_data()
+    dm.setup("fit")
+    source = dm.sources["resynth"]
+    teacher = PitchCorpus(*TeacherSource._caches(source, "train"), HOP, 0.5)
+    rendered = source.corpus("train")
+    assert len(rendered) == 2 * len(teacher)  # two variants of every recording
+    for clip in range(len(rendered)):
+        a, b = rendered.frame_offsets[clip : clip + 2]
+        c, d = teacher.frame_offsets[clip // 2 : clip // 2 + 2]
+        assert np.array_equal(rendered.voiced[a:b], teacher.voiced[c:d])
+        assert np.array_equal(rendered.f0[a:b], teacher.f0[c:d])
+    # the variants differ (their own voice, their own degradation) and are not the recording
+    first, second = (rendered.frames(np.full(20, k), np.arange(20)) for k in (0, 1))
+    assert not np.allclose(first, second)
+    assert not np.allclose(first, teacher.frames(np.zeros(20, dtype=int), np.arange(20)))
+    # rendered once: a second DataModule reads the cache instead of rendering again
+    monkeypatch.setattr("audiolab.data.speech_synth.resynthesize", lambda *a, **k: pytest.fail("rendered again"))
+    again = speech_mix(few_fsdd, pitch_cache)
+    again.prepare_data()
+    assert np.array_equal(again.sources["resynth"].corpus("train").f0, rendered.f0)
+
+
+def test_glottal_speech_is_deterministic_and_its_batches_have_labels(few_fsdd, tmp_path):
+    batches = []
+    for cache in (tmp_path / "a", tmp_path / "b"):
+        dm = speech_mix(few_fsdd, cache, augment=0.5)
+        dm.prepare_data()
+        dm.setup("fit")
+        batches.append(next(iter(dm.train_dataloader())))
+    for key in batches[0]:
+        assert torch.equal(batches[0][key], batches[1][key]), key
+    batch = batches[0]
+    assert batch["frames"].shape == (8, 1, 1024) and torch.isfinite(batch["frames"]).all()
+    assert (batch["f0"][batch["voiced"]] >= 40).all() and (batch["f0"][batch["voiced"]] <= 600).all()
+    corpus = dm.sources["glottal"].corpus("val")
+    assert len(corpus) == 1 and 0.2 < corpus.voiced.mean() < 1.0
+
+
+def test_augmentation_changes_some_training_frames_and_never_the_labels(few_fsdd, pitch_cache):
+    plain, augmented = speech_mix(few_fsdd, pitch_cache), speech_mix(few_fsdd, pitch_cache, augment=1.0)
+    for dm in (plain, augmented):
+        dm.setup("fit")
+    indices = list(range(16))
+    x, y = plain.train_set.__getitems__(indices), augmented.train_set.__getitems__(indices)
+    changed = [not torch.equal(a["frames"], b["frames"]) for a, b in zip(x, y, strict=True)]
+    assert sum(changed) >= 12
+    for a, b in zip(x, y, strict=True):
+        assert torch.equal(a["f0"], b["f0"]) and torch.equal(a["voiced"], b["voiced"])
+    with pytest.raises(PitchMixError, match="augment"):
+        speech_mix(few_fsdd, pitch_cache, augment=1.5)
+
+
+def test_bad_speech_sources_are_refused():
+    with pytest.raises(PitchMixError, match="unknown speech source kind 'whisper'"):
+        SpeechSource("whisper")
+    with pytest.raises(PitchMixError, match="seconds > 0"):
+        SpeechSource("glottal", seconds=0)
+    with pytest.raises(PitchMixError, match="variants"):
+        SpeechSource("glottal", variants=0)
+
+
 # -- MUSDB18 vocals ------------------------------------------------------------------------------
 
 
@@ -346,7 +424,8 @@ def test_musdb_vocals_of_the_real_preview_are_labelled(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "experiment,data", [("pitch_crepe_finetune_fsdd", "pitch_fsdd"), ("pitch_small_distill", "pitch_mix")]
+    "experiment,data",
+    [("pitch_crepe_finetune_fsdd", "pitch_fsdd"), ("pitch_small_distill", "pitch_mix"), ("pitch_fast", "pitch_speech")],
 )
 def test_experiment_trains_two_steps(experiment, data, tmp_path, shared_cache):
     from test_configs import data_overrides

@@ -14,13 +14,7 @@ from audiolab.pitch import PitchStream, predict
 from audiolab.pitch.inference import PitchInputError
 from audiolab.pitch.stream import StreamingResampler
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: threads only add overhead
 
 
 def voice(rate: int, seconds: float = 1.2, channels: int | None = None) -> torch.Tensor:

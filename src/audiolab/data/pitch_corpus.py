@@ -218,3 +218,49 @@ def hold_voiced_f0(f0: np.ndarray, voiced: np.ndarray, frame_offsets: np.ndarray
     if not finite.all():
         out = np.where(finite, out, out[finite].min() if finite.any() else 1.0)
     return out.astype(np.float32)
+
+
+def cache_rendered(
+    cache_dir: str | Path,
+    identity: dict,
+    n_items: int,
+    render,
+    hop_length: int,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """Audio and exact labels rendered by ``render(i) -> (name, audio (N,) at 16 kHz, f0 (T,),
+    voiced (T,))`` for ``i < n_items``, cached in the formats of :func:`cache_audio` and
+    :func:`cache_labels` (periodicity 1 on voiced frames, 0 elsewhere), so that
+    :class:`PitchCorpus` reads them as any teacher-labelled corpus. ``identity`` is
+    everything the rendering depends on (the cache key). Returns ``(audio_dir, label_dir)``;
+    both are written together, atomically, when missing."""
+    key = config_hash({"format": [AUDIO_FORMAT, LABEL_FORMAT], "hop_length": hop_length, "rendered": identity})
+    root = Path(cache_dir).expanduser()
+    audio_dir, label_dir = root / "audio" / f"rendered-{key}", root / "labels" / f"rendered-{key}"
+    if (audio_dir / "meta.json").is_file() and (label_dir / "meta.json").is_file():
+        return audio_dir, label_dir
+    log.info(f"rendering {n_items} clips with exact pitch labels into {audio_dir}")
+    names, lengths, n_frames = [], [], []
+    with atomic_write(audio_dir, label_dir) as (tmp_audio, tmp_labels):
+        tmp_audio.mkdir()
+        tmp_labels.mkdir()
+        with (
+            open(tmp_audio / "audio.i16", "wb") as audio_out,
+            open(tmp_labels / "f0.f32", "wb") as f0_out,
+            open(tmp_labels / "periodicity.f32", "wb") as period_out,
+        ):
+            for i in tqdm(range(n_items), desc="rendering", unit="clip", disable=not progress):
+                name, audio, f0, voiced = render(i)
+                expected = 1 + audio.shape[-1] // hop_length
+                if f0.shape != (expected,) or voiced.shape != (expected,):
+                    raise PitchCorpusError(f"rendered clip {name} has {f0.shape[0]} labels for {expected} frames")
+                audio_out.write((audio.clamp(-1.0, 1.0) * INT16_SCALE).round().to(torch.int16).numpy().tobytes())
+                f0_out.write(f0.float().numpy().tobytes())
+                period_out.write(voiced.float().numpy().tobytes())
+                names.append(name)
+                lengths.append(int(audio.shape[-1]))
+                n_frames.append(expected)
+        (tmp_audio / "meta.json").write_text(json.dumps({"names": names, "lengths": lengths, "sample_rate": SAMPLE_RATE}))
+        teacher = {"rendered": identity, "hop_length": hop_length}  # PitchCorpus checks the hop here
+        (tmp_labels / "meta.json").write_text(json.dumps({"teacher": teacher, "audio": audio_dir.name, "n_frames": n_frames}))
+    return audio_dir, label_dir

@@ -36,7 +36,14 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from audiolab.audio.pitch_grid import FRAME_LENGTH, SAMPLE_RATE
-from audiolab.data.pitch_corpus import PitchCorpus, cache_audio, cache_labels
+from audiolab.data import speech_synth
+from audiolab.data.pitch_corpus import (
+    INT16_SCALE,
+    PitchCorpus,
+    cache_audio,
+    cache_labels,
+    cache_rendered,
+)
 from audiolab.data.pitch_eval import pad_collate
 from audiolab.data.sampling import EpochSampler
 from audiolab.data.synth_pitch import SynthPitchDataModule, SynthToneRenderer
@@ -47,6 +54,7 @@ from audiolab.utils.threads import one_thread_worker
 log = logging.getLogger("audiolab")
 
 STREAM_MIX = 7  # the synthetic tones use streams 0-2; real sources 1000 and up
+STREAM_AUGMENT = 8
 SPLITS = ("train", "val", "test")
 
 
@@ -212,6 +220,93 @@ class TeacherSource:
         return ClipSegments(self.corpus(split), self.eval_seconds, self.eval_segments)
 
 
+class SpeechSource(TeacherSource):
+    """Speech-like audio with exact labels (:mod:`audiolab.data.speech_synth`), rendered once
+    per split into the pitch cache and then read like any teacher-labelled corpus.
+
+    Args:
+        kind: ``glottal``: synthetic utterances (a glottal source through moving formants,
+            :func:`~audiolab.data.speech_synth.render_utterance`), ``clips[split]`` of
+            ``seconds`` each; ``resynth``: every recording of ``data.audio_clips(split)``
+            (labelled by the mix's teacher) resynthesised ``variants`` times on the
+            teacher's f0 and voicing with the recording's own spectral envelope
+            (:func:`~audiolab.data.speech_synth.resynthesize`), so the labels are exact.
+        data: the DataModule listing the recordings (``resynth`` only).
+        degrade: share of clips that pass through a random degradation (noise, reverb,
+            band limits, clipping: :func:`~audiolab.data.speech_synth.draw_degradation`).
+        weight, splits, voiced_prob, eval_seconds, eval_segments: as :class:`TeacherSource`.
+    """
+
+    KINDS = ("glottal", "resynth")
+
+    def __init__(
+        self,
+        kind: str,
+        data: L.LightningDataModule | None = None,
+        weight: float = 1.0,
+        splits: dict[str, str] | None = None,
+        clips: dict[str, int] | None = None,
+        seconds: float = 2.0,
+        variants: int = 1,
+        degrade: float = 0.0,
+        voiced_prob: float | None = 0.8,
+        eval_seconds: float | None = None,
+        eval_segments: int | None = None,
+    ) -> None:
+        if kind not in self.KINDS:
+            raise PitchMixError(f"unknown speech source kind {kind!r}: use one of {', '.join(self.KINDS)}")
+        if kind == "resynth":
+            super().__init__(data, weight, splits, 0.0, voiced_prob, eval_seconds, eval_segments)
+        else:
+            super().__init__(_NoClips(), weight, splits, 0.0, voiced_prob, eval_seconds, eval_segments)
+        self.clips = {"train": 2000, "val": 50, "test": 50, **dict(clips or {})}
+        if kind == "glottal" and (seconds <= 0 or any(n < 1 for n in self.clips.values())):
+            raise PitchMixError(f"glottal speech needs seconds > 0 and clips >= 1 per split, got {seconds}, {self.clips}")
+        if variants < 1 or not 0.0 <= degrade <= 1.0:
+            raise PitchMixError(f"variants must be >= 1 and degrade a probability, got {variants}, {degrade}")
+        self.kind, self.seconds, self.variants, self.degrade = kind, float(seconds), int(variants), float(degrade)
+
+    def _caches(self, split: str) -> tuple[Path, Path]:
+        lab = self.labelling
+        identity = {"kind": self.kind, "seed": lab.seed, "stream": self.stream, "split": split, "degrade": self.degrade}
+        if self.kind == "glottal":
+            identity |= {"clips": self.clips[split], "seconds": self.seconds}
+            n_items = self.clips[split]
+
+            def source(i: int, rng: np.random.Generator):
+                utterance = speech_synth.draw_utterance(rng, self.seconds)
+                return (f"glottal-{split}-{i}", *speech_synth.render_utterance(utterance, rng))
+        else:
+            audio_dir, label_dir = super()._caches(split)
+            real = PitchCorpus(audio_dir, label_dir, self.hop_length, lab.voicing_threshold)
+            identity |= {"audio": audio_dir.name, "labels": label_dir.name, "variants": self.variants}
+            n_items = len(real) * self.variants
+
+            def source(i: int, rng: np.random.Generator):
+                clip = i // self.variants
+                a, b = real.sample_offsets[clip], real.sample_offsets[clip + 1]
+                audio = torch.from_numpy(real.audio[a:b].astype(np.float32) / np.float32(INT16_SCALE))
+                frames = np.arange(real.n_frames[clip])
+                f0, voiced = (torch.from_numpy(x) for x in real.labels(np.full_like(frames, clip), frames))
+                return f"{real.names[clip]}-{i % self.variants}", speech_synth.resynthesize(audio, f0, voiced, rng), f0, voiced
+
+        def render(i: int):
+            rng = np.random.default_rng([lab.seed, self.stream, SPLITS.index(split), i])
+            name, audio, f0, voiced = source(i, rng)
+            if rng.random() < self.degrade:
+                audio = speech_synth.degrade(audio, rng, **speech_synth.draw_degradation(rng, "train"))
+            return name, audio, f0, voiced
+
+        return cache_rendered(lab.cache_dir, identity, n_items, render, self.hop_length, lab.progress)
+
+
+class _NoClips:
+    """The stand-in ``data`` of a source that renders its own clips."""
+
+    def audio_clips(self, split: str) -> list:
+        return []
+
+
 class ClipSegments(Dataset):
     """Whole clips of a corpus, or fixed segments of ``seconds`` (at most ``segments`` per
     clip, evenly spaced): ``{"frames": (T, 1024), "f0": (T,), "voiced": (T,), "times": (T,),
@@ -248,15 +343,18 @@ class ClipSegments(Dataset):
 
 class PitchMixDataset(Dataset):
     """``size`` training examples per epoch drawn from the sources by weight; a batch is
-    rendered per source in one call (``__getitems__``)."""
+    rendered per source in one call (``__getitems__``). With ``augment`` > 0, that share of
+    the frames gets random noise, band limits, clipping, gain and DC
+    (:func:`~audiolab.data.speech_synth.augment_frames`), drawn from the batch's indices."""
 
-    def __init__(self, sources: dict[str, SynthSource | TeacherSource], size: int, seed: int) -> None:
+    def __init__(self, sources: dict[str, SynthSource | TeacherSource], size: int, seed: int, augment: float = 0.0) -> None:
         self.sources = [s for s in sources.values() if s.weight > 0]
         weights = np.array([s.weight for s in self.sources])
         self.cumulative = np.cumsum(weights) / weights.sum()
         self.cumulative[-1] = 1.0
         self.size = size
         self.seed = seed
+        self.augment = augment
 
     def __len__(self) -> int:
         return self.size
@@ -274,6 +372,11 @@ class PitchMixDataset(Dataset):
             if len(where):
                 for w, item in zip(where, source.train_items([int(indices[w]) for w in where]), strict=True):
                     out[w] = item
+        if self.augment > 0 and out:
+            rng = np.random.default_rng([self.seed, STREAM_AUGMENT, *(int(i) for i in indices)])
+            frames = speech_synth.augment_frames(torch.cat([item["frames"] for item in out]), rng, p=self.augment)
+            for item, frame in zip(out, frames.split(1), strict=True):
+                item["frames"] = frame
         return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -295,6 +398,7 @@ class PitchMixDataModule(L.LightningDataModule):
         batch_size: training frames per batch; eval_batch_size: clips per eval batch.
         train_batches_per_epoch: epoch length.
         seed: seed of the mix and of the real sources' draws.
+        augment: share of training frames augmented (:class:`PitchMixDataset`).
         progress: progress bars while caching.
     """
 
@@ -316,9 +420,12 @@ class PitchMixDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         progress: bool = True,
+        augment: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["sources"])
+        if not 0.0 <= augment <= 1.0:
+            raise PitchMixError(f"data.augment is the share of augmented training frames, in [0, 1]; got {augment}")
         if not sources:
             raise PitchMixError("data.sources is empty: name at least one source")
         for key, names in (("val_sources", val_sources), ("test_sources", test_sources)):
@@ -359,7 +466,7 @@ class PitchMixDataModule(L.LightningDataModule):
             for split in splits:
                 self.sources[name].setup(split)
         hp = self.hparams
-        self.train_set = PitchMixDataset(self.sources, hp.train_batches_per_epoch * hp.batch_size, hp.seed)
+        self.train_set = PitchMixDataset(self.sources, hp.train_batches_per_epoch * hp.batch_size, hp.seed, hp.augment)
 
     def eval_set(self, split: str) -> ConcatDataset:
         names = self.hparams.val_sources if split == "val" else self.hparams.test_sources
