@@ -10,15 +10,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
+# the peers of scripts/bench_pitch.py (the bench extra), locked on top of $(LOCK)
+BENCH_LOCK := requirements-bench.lock
 # the locking tool, pinned so that a refresh is reproducible too
 UV := uv==0.13.9
 LOCK_VENV := .venv-lock
 
-.PHONY: help install lock train test test-fast lint clean-outputs
+.PHONY: help install install-bench lock train test test-fast lint clean-outputs
 
 help:
 	@echo "make install        create .venv, install ffmpeg (apt, when root), the locked environment and audiolab"
-	@echo "make lock           re-resolve pyproject.toml's dependencies into requirements.lock (hashes included)"
+	@echo "make install-bench  make install, then the pitch trackers scripts/bench_pitch.py compares (requirements-bench.lock)"
+	@echo "make lock           re-resolve pyproject.toml's dependencies into requirements.lock and requirements-bench.lock (hashes included)"
 	@echo "make train          train the default job (CREPE tiny on synthetic tones); ARGS='key=value ...'"
 	@echo "make test           run the whole test suite (slow tests included)"
 	@echo "make test-fast      skip tests marked slow"
@@ -39,6 +42,13 @@ lock:
 	@test -x $(LOCK_VENV)/bin/uv || ($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install -q "$(UV)")
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 		--generate-hashes --no-config --output-file $(LOCK)
+	# the bench extra on top: every package of $(LOCK) at the same version (constraint)
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 \
+		--generate-hashes --no-config --constraints $(LOCK) --output-file $(BENCH_LOCK)
+
+install-bench: install
+	$(BIN)/python -m pip install --require-hashes --no-deps -r $(BENCH_LOCK)
+	$(BIN)/python -m pip check
 
 train: install
 	$(BIN)/python src/train.py $(ARGS)
