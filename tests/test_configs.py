@@ -39,6 +39,8 @@ PAIRS = [
     ("musdb_synth", "spleeter"),
     ("musdb_synth", "spleeter_4stems"),
     ("musdb", "tfc_tdf"),
+    ("musdb_render", "tfc_tdf"),
+    ("slakh", "tfc_tdf"),
 ]
 # Model options no dataset here can train (tested for a forward pass instead): the data
 # config they compose with, and why they cannot train on it.
@@ -76,7 +78,18 @@ SMALL_DATA = {
         "data.splits.test.subsets=train",
         ("musdb18-sample",),
     ],
+    # the real 2-s BabySlakh sample track (16 kHz mono), one track in every split
+    "slakh": [
+        "data.chunk_seconds=2",
+        "data.samples_per_track=1",
+        "data.batch_size=1",
+        "data.valid_excerpt_seconds=2",
+        "data.pool_split=null",
+        ("slakh-sample", "babyslakh_16k"),
+    ],
 }
+# like musdb_synth: a tiny rendered set (fluidsynth; a few seconds to render)
+SMALL_DATA["musdb_render"] = SMALL_DATA["musdb_synth"]
 # pitch from real audio: 50 FSDD files (one speaker, one digit) labelled by CREPE tiny, and
 # the vocals of a small synthetic MUSDB (the one musdb_synth above writes)
 PITCH_FSDD = [

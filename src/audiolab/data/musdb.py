@@ -26,6 +26,11 @@ mixture differs slightly from the sum of the decoded sources.
 
 Tasks that read one stem of whole tracks themselves (the vocals as teacher-labelled pitch
 data) get them from :meth:`MusdbDataModule.audio_clips`.
+
+The datasets (:class:`RandomMixDataset`, :class:`ExcerptDataset`, :class:`FullTrackDataset`)
+and :class:`SeparationDataModule` work on any "tracks with named sources"; MUSDB is the
+case ``sources = SOURCES``, Slakh2100 (:mod:`audiolab.data.slakh`) another, whose sources
+are instrument groups read through :attr:`TrackRef.reader`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -238,7 +243,12 @@ class Augment:
 @dataclass
 class TrackRef:
     """One track: its metadata and how to read it (``files`` for wav folders, the
-    ``musdb`` track for ``.stem.mp4``)."""
+    ``musdb`` track for ``.stem.mp4``, or ``reader`` for other datasets).
+
+    ``reader(name, start, frames)`` returns float32 ``(C, frames)`` of source ``name`` (or
+    ``mixture``) at the track's ``rate``; it lets datasets other than MUSDB (Slakh2100,
+    whose sources are sums of many stem files) share the training, validation and test
+    datasets below. It must pickle (loader workers), e.g. a bound method."""
 
     name: str
     subset: str
@@ -246,6 +256,7 @@ class TrackRef:
     n_samples: int
     files: dict[str, str] | None = None
     track: Any = None
+    reader: Callable[[str, int, int], np.ndarray] | None = None
 
     @property
     def seconds(self) -> float:
@@ -264,6 +275,8 @@ def _chunk(track, start: float, duration: float | None):
 def read_raw(ref: TrackRef, name: str, start: int, frames: int) -> np.ndarray:
     """``frames`` samples of source ``name`` (or ``mixture``) from ``start``, at the file's
     rate, float32 ``(C, frames)`` (zero-padded past the end)."""
+    if ref.reader is not None:
+        return fit_length(np.asarray(ref.reader(name, start, frames), dtype=np.float32), frames)
     if ref.files is not None:
         if name not in ref.files:
             raise MusdbError(f"track {ref.name!r} has no {name} file in {Path(next(iter(ref.files.values()))).parent}")
@@ -294,8 +307,13 @@ def read_source(
 
 def read_full_track(ref: TrackRef, targets: list[str], definitions: dict, sample_rate: int) -> dict:
     """A whole track: ``{"name", "mixture" (C, T), "targets" (S, C, T)}`` with the track's
-    real mixture and musdb's target definitions."""
-    if ref.files is not None:
+    real mixture (what its reader calls ``mixture``) and the target definitions."""
+    if ref.reader is not None:
+        needed = sorted({s for t in targets for s in definitions[t]})
+        read = {name: read_raw(ref, name, 0, ref.n_samples) for name in ["mixture", *needed]}
+        mixture = read["mixture"]
+        outs = [sum(g * read[s] for s, g in definitions[t].items()) for t in targets]
+    elif ref.files is not None:
         if "mixture" not in ref.files:
             folder = Path(ref.files[SOURCES[0]]).parent
             raise MusdbError(f"track {ref.name!r} has no mixture.wav in {folder}; whole tracks need the real mixture")
@@ -325,9 +343,14 @@ class Draw:
     mixup: tuple[int, int] | None = None  # (track, start) of the added chunk
 
 
-class MusdbTrainDataset(Dataset):
+class RandomMixDataset(Dataset):
     """Random training chunks: ``len = tracks x samples_per_track`` per epoch, example
     ``i`` drawn from ``numpy.random.default_rng([seed, 0, i])``.
+
+    The tracks are "tracks with named sources": each has every name of ``sources`` (MUSDB:
+    drums, bass, other, vocals; Slakh2100: its instrument groups), the mixture of an
+    example is the sum of its augmented sources and the targets are sums of sources by
+    ``definitions`` (``{target: {source: gain}}``).
 
     Every epoch visits each track ``samples_per_track`` times as the example's own track
     (in an order shuffled per epoch); the sources that ``random_mix`` moves elsewhere come
@@ -348,8 +371,11 @@ class MusdbTrainDataset(Dataset):
         augment: Augment,
         silence_threshold_db: float | None = None,
         silence_retries: int = 10,
+        *,
+        sources: Sequence[str] = SOURCES,
     ) -> None:
         self.tracks = tracks
+        self.sources = tuple(sources)
         self.targets = targets
         self.definitions = definitions
         self.sample_rate = sample_rate
@@ -383,7 +409,7 @@ class MusdbTrainDataset(Dataset):
         aug = self.augment
         anchor_u = rng.random()
         plan = {}
-        for name in SOURCES:
+        for name in self.sources:
             u = rng.random(6)
             semitones = aug.draw_semitones(rng)
             speed = speed_ratio(semitones) if semitones else (1, 1)
@@ -412,7 +438,7 @@ class MusdbTrainDataset(Dataset):
         """Targets ``(S, C, T)`` from sources by musdb's definitions."""
         return np.stack([sum(g * sources[s] for s, g in self.definitions[t].items()) for t in self.targets])
 
-    def sources(self, index: int) -> dict[str, np.ndarray]:
+    def augmented_sources(self, index: int) -> dict[str, np.ndarray]:
         """The augmented sources of example ``index``."""
         rng = np.random.default_rng([self.seed, STREAM_TRAIN, int(index)])
         anchor = self.anchor(index)
@@ -430,8 +456,8 @@ class MusdbTrainDataset(Dataset):
         return {name: self.augment.apply(audio, rng) for name, audio in best.items()}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sources = self.sources(index)
-        mixture = sum(sources[s] for s in SOURCES)
+        sources = self.augmented_sources(index)
+        mixture = sum(sources[s] for s in self.sources)
         return {
             "mixture": torch.from_numpy(np.ascontiguousarray(mixture, dtype=np.float32)),
             "targets": torch.from_numpy(np.ascontiguousarray(self.compose(sources), dtype=np.float32)),
@@ -448,8 +474,8 @@ def excerpt_starts(n_samples: int, excerpt: int, count: int) -> list[int]:
     return sorted(set(starts))
 
 
-class MusdbExcerptDataset(Dataset):
-    """Fixed validation excerpts; mixture = sum of the unaugmented sources."""
+class ExcerptDataset(Dataset):
+    """Fixed validation excerpts; mixture = sum of the unaugmented ``sources``."""
 
     def __init__(
         self,
@@ -459,8 +485,11 @@ class MusdbExcerptDataset(Dataset):
         sample_rate: int,
         excerpt_samples: int,
         excerpts_per_track: int,
+        *,
+        sources: Sequence[str] = SOURCES,
     ) -> None:
         self.tracks = tracks
+        self.sources = tuple(sources)
         self.targets = targets
         self.definitions = definitions
         self.sample_rate = sample_rate
@@ -477,7 +506,7 @@ class MusdbExcerptDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         track, start = self.items[index]
         ref = self.tracks[track]
-        sources = {s: read_source(ref, s, start, self.excerpt_samples, self.sample_rate) for s in SOURCES}
+        sources = {s: read_source(ref, s, start, self.excerpt_samples, self.sample_rate) for s in self.sources}
         targets = np.stack([sum(g * sources[s] for s, g in self.definitions[t].items()) for t in self.targets])
         return {
             "mixture": torch.from_numpy(np.ascontiguousarray(sum(sources.values()), dtype=np.float32)),
@@ -485,7 +514,7 @@ class MusdbExcerptDataset(Dataset):
         }
 
 
-class MusdbFullTrackDataset(Dataset):
+class FullTrackDataset(Dataset):
     """Whole tracks, one per item: ``{"name", "mixture" (C, T), "targets" (S, C, T)}``."""
 
     def __init__(self, tracks: list[TrackRef], targets: list[str], definitions: dict, sample_rate: int) -> None:
@@ -506,8 +535,122 @@ def _read_mono_stem(ref: TrackRef, source: str) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(read_raw(ref, source, 0, ref.n_samples).mean(axis=0)), ref.rate
 
 
-# -- the DataModule ---------------------------------------------------------------
-class MusdbDataModule(L.LightningDataModule):
+# -- the DataModules ---------------------------------------------------------------
+class SeparationDataModule(L.LightningDataModule):
+    """What the music separation DataModules share (MUSDB18 here, Slakh2100 in
+    :mod:`audiolab.data.slakh`): random-mix training chunks (:class:`RandomMixDataset`),
+    fixed validation excerpts, whole test tracks, and their loaders.
+
+    A subclass saves its hyperparameters (which must include the options read in
+    :meth:`_init_common`), calls :meth:`_init_common`, and provides ``targets``,
+    ``sources`` (the names every track can read), ``definitions`` (``{target: {source:
+    gain}}``), :meth:`tracks` and :meth:`check_eval_targets`. Its errors are ``error``.
+    """
+
+    tasks = ("separation",)  # the task modules (``TaskModule.task``) this data serves
+    error: type[AudiolabError] = AudiolabError
+    sources: tuple[str, ...] = ()
+    targets: list[str]
+    definitions: dict[str, dict[str, float]]
+
+    def _init_common(self) -> None:
+        """Check the options every separation DataModule has and derive sizes from them."""
+        hp = self.hparams
+        self.sample_rate = int(hp.sample_rate)
+        self.audio_channels = int(hp.audio_channels)
+        self.augment = Augment.from_config(hp.augment)
+        if self.sample_rate <= 0 or self.audio_channels <= 0:
+            raise self.error(f"data.sample_rate and data.audio_channels must be positive, got {hp.sample_rate}, {hp.audio_channels}")
+        if hp.chunk_seconds <= 0 or hp.valid_excerpt_seconds <= 0:
+            raise self.error(
+                f"data.chunk_seconds and data.valid_excerpt_seconds must be positive, got {hp.chunk_seconds}, {hp.valid_excerpt_seconds}"
+            )
+        if hp.samples_per_track < 1 or hp.valid_excerpts_per_track < 1 or hp.silence_retries < 0:
+            raise self.error("data.samples_per_track and data.valid_excerpts_per_track must be >= 1, data.silence_retries >= 0")
+        self.chunk_samples = round(hp.chunk_seconds * self.sample_rate)
+        self.excerpt_samples = round(hp.valid_excerpt_seconds * self.sample_rate)
+        self.train_set: RandomMixDataset | None = None
+        self.val_set: ExcerptDataset | None = None
+
+    def tracks(self, split: str) -> list[TrackRef]:
+        """The tracks of ``split`` (train, valid or test)."""
+        raise NotImplementedError
+
+    def check_eval_targets(self, targets: Sequence[str]) -> list[str]:
+        """``targets`` as references of whole tracks, validated."""
+        raise NotImplementedError
+
+    # -- datasets -----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.train_dataset()
+        if stage in (None, "fit", "validate"):
+            self.val_dataset()
+        if stage in (None, "test"):
+            self.tracks("test")
+
+    def train_dataset(self) -> RandomMixDataset:
+        if self.train_set is None:
+            refs = self.tracks("train")
+            hp = self.hparams
+            long_enough = [r for r in refs if r.n_samples >= frames_needed(r, self.chunk_samples, self.sample_rate)]
+            if not long_enough:
+                longest = max(r.seconds for r in refs)
+                raise self.error(
+                    f"data.chunk_seconds={hp.chunk_seconds} is longer than every training track (the longest is "
+                    f"{longest:.2f} s): lower data.chunk_seconds"
+                )
+            if len(long_enough) < len(refs):
+                log.warning(f"{len(refs) - len(long_enough)} training track(s) are shorter than chunk_seconds={hp.chunk_seconds} and are left out")
+            self.train_set = RandomMixDataset(
+                long_enough, self.targets, self.definitions, self.sample_rate, self.chunk_samples,
+                hp.samples_per_track, hp.seed, self.augment, hp.silence_threshold_db, hp.silence_retries,
+                sources=self.sources,
+            )
+        return self.train_set
+
+    def val_dataset(self) -> ExcerptDataset:
+        if self.val_set is None:
+            self.val_set = ExcerptDataset(
+                self.tracks("valid"), self.targets, self.definitions, self.sample_rate, self.excerpt_samples,
+                self.hparams.valid_excerpts_per_track, sources=self.sources,
+            )
+        return self.val_set
+
+    def full_tracks(self, split: str = "test", targets: Sequence[str] | None = None) -> FullTrackDataset:
+        """Whole tracks of ``split`` (``valid`` or ``test``; ``train`` works too) for
+        museval evaluation, one per item. ``targets`` replaces ``data.targets`` as the
+        references (museval's vocals + accompaniment mode needs accompaniment even when
+        the model separates the four stems)."""
+        refs = self.tracks(split)
+        names = self.targets if targets is None else self.check_eval_targets(targets)
+        return FullTrackDataset(refs, names, self.definitions, self.sample_rate)
+
+    # -- loaders --------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+            pin_memory=self.hparams.pin_memory, persistent_workers=workers > 0,
+            worker_init_fn=one_thread_worker if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
+        return self._loader(dataset, self.hparams.batch_size, EpochSampler(len(dataset)))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset(), self.hparams.eval_batch_size)
+
+    def full_track_dataloader(self, split: str = "test") -> DataLoader:
+        """Whole tracks of ``split``, batch size 1: ``name`` is a one-element list."""
+        return self._loader(self.full_tracks(split), 1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.full_track_dataloader("test")
+
+
+class MusdbDataModule(SeparationDataModule):
     """MUSDB18 / MUSDB18-HQ (``data=musdb``) or the synthetic look-alike (``data=musdb_synth``).
 
     Args:
@@ -532,7 +675,8 @@ class MusdbDataModule(L.LightningDataModule):
             with these parameters of ``write_synthetic_musdb``.
     """
 
-    tasks = ("separation",)  # the task modules (``TaskModule.task``) this data serves
+    error = MusdbError
+    sources = SOURCES
 
     def __init__(
         self,
@@ -559,25 +703,15 @@ class MusdbDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.targets = check_targets(targets, default_setup())
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = int(audio_channels)
-        self.augment = Augment.from_config(augment)
+        self._init_common()
         self.splits = self._check_splits(splits)
-        if self.sample_rate <= 0 or self.audio_channels <= 0:
-            raise MusdbError(f"data.sample_rate and data.audio_channels must be positive, got {sample_rate}, {audio_channels}")
-        if chunk_seconds <= 0 or valid_excerpt_seconds <= 0:
-            raise MusdbError(
-                f"data.chunk_seconds and data.valid_excerpt_seconds must be positive, got {chunk_seconds}, {valid_excerpt_seconds}"
-            )
-        if samples_per_track < 1 or valid_excerpts_per_track < 1 or silence_retries < 0:
-            raise MusdbError("data.samples_per_track and data.valid_excerpts_per_track must be >= 1, data.silence_retries >= 0")
         self.root = Path(root).expanduser()
-        self.chunk_samples = round(chunk_seconds * self.sample_rate)
-        self.excerpt_samples = round(valid_excerpt_seconds * self.sample_rate)
+        if synthetic:  # a generator that cannot run here (no fluidsynth) says so before any work
+            from audiolab.data.synth_musdb import check_can_generate
+
+            check_can_generate(self.root, **synthetic)
         self._refs: dict[str, list[TrackRef]] = {}
         self.definitions: dict[str, dict[str, float]] = target_definitions(default_setup())
-        self.train_set: MusdbTrainDataset | None = None
-        self.val_set: MusdbExcerptDataset | None = None
 
     @staticmethod
     def _check_splits(splits: dict | None) -> dict[str, dict]:
@@ -733,50 +867,8 @@ class MusdbDataModule(L.LightningDataModule):
                 "the rate the model should see to resample every file as it is read"
             )
 
-    # -- datasets -----------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self.train_dataset()
-        if stage in (None, "fit", "validate"):
-            self.val_dataset()
-        if stage in (None, "test"):
-            self.tracks("test")
-
-    def train_dataset(self) -> MusdbTrainDataset:
-        if self.train_set is None:
-            refs = self.tracks("train")
-            hp = self.hparams
-            long_enough = [r for r in refs if r.n_samples >= frames_needed(r, self.chunk_samples, self.sample_rate)]
-            if not long_enough:
-                longest = max(r.seconds for r in refs)
-                raise MusdbError(
-                    f"data.chunk_seconds={hp.chunk_seconds} is longer than every training track (the longest is "
-                    f"{longest:.2f} s): lower data.chunk_seconds"
-                )
-            if len(long_enough) < len(refs):
-                log.warning(f"{len(refs) - len(long_enough)} training track(s) are shorter than chunk_seconds={hp.chunk_seconds} and are left out")
-            self.train_set = MusdbTrainDataset(
-                long_enough, self.targets, self.definitions, self.sample_rate, self.chunk_samples,
-                hp.samples_per_track, hp.seed, self.augment, hp.silence_threshold_db, hp.silence_retries,
-            )
-        return self.train_set
-
-    def val_dataset(self) -> MusdbExcerptDataset:
-        if self.val_set is None:
-            self.val_set = MusdbExcerptDataset(
-                self.tracks("valid"), self.targets, self.definitions, self.sample_rate, self.excerpt_samples,
-                self.hparams.valid_excerpts_per_track,
-            )
-        return self.val_set
-
-    def full_tracks(self, split: str = "test", targets: Sequence[str] | None = None) -> MusdbFullTrackDataset:
-        """Whole tracks of ``split`` (``valid`` or ``test``; ``train`` works too) for
-        museval evaluation, one per item. ``targets`` replaces ``data.targets`` as the
-        references (museval's vocals + accompaniment mode needs accompaniment even when
-        the model separates the four stems)."""
-        refs = self.tracks(split)
-        names = self.targets if targets is None else check_targets(targets, {"targets": self.definitions})
-        return MusdbFullTrackDataset(refs, names, self.definitions, self.sample_rate)
+    def check_eval_targets(self, targets: Sequence[str]) -> list[str]:
+        return check_targets(targets, {"targets": self.definitions})
 
     def audio_clips(self, split: str, source: str = "vocals") -> list[AudioClip]:
         """One stem (``source``: drums, bass, other or vocals) of every track of ``split``
@@ -790,26 +882,3 @@ class MusdbDataModule(L.LightningDataModule):
             name = f"{ref.subset}/{ref.name}/{source}"
             clips.append(AudioClip(name, file_identity(name, path), functools.partial(_read_mono_stem, ref, source)))
         return clips
-
-    # -- loaders --------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-            pin_memory=self.hparams.pin_memory, persistent_workers=workers > 0,
-            worker_init_fn=one_thread_worker if workers > 0 else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.train_dataset()
-        return self._loader(dataset, self.hparams.batch_size, EpochSampler(len(dataset)))
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset(), self.hparams.eval_batch_size)
-
-    def full_track_dataloader(self, split: str = "test") -> DataLoader:
-        """Whole tracks of ``split``, batch size 1: ``name`` is a one-element list."""
-        return self._loader(self.full_tracks(split), 1)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.full_track_dataloader("test")

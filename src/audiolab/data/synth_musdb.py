@@ -23,6 +23,10 @@ Layout (what ``musdb.DB(root, is_wav=True, setup_file="setup.yaml")`` reads)::
     root/synthetic_musdb.json  generation parameters; its presence marks a finished dataset
 
 Files are stereo PCM_16 wav; each mixture is the exact integer sum of its four int16 stems.
+
+The folder writing here is shared with ``render_musdb`` (``data=musdb_render``), chosen by
+``generator`` in the parameters (see :class:`Generator`); that one writes FLOAT wav whose
+mixture is the exact float32 sum of its stems.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -671,10 +676,25 @@ def _vocals(rng: np.random.Generator, arr: Arrangement, grid: _Grid) -> np.ndarr
     Pitch, loudness and formants are computed at a control rate (1.5 ms frames); the
     amplitude of every harmonic is the formant response at its frequency, evaluated for
     all harmonics and frames at once, then interpolated to audio rate."""
-    sr, n = grid.sample_rate, grid.n
     syl, centre = _melody(rng, arr, grid)
     if len(syl["onset"]) == 0:
-        return np.zeros((2, n), np.float32)
+        return np.zeros((2, grid.n), np.float32)
+    voice = sing(rng, syl, centre, grid.sample_rate, grid.n)
+    return _pan(voice, rng.uniform(-0.1, 0.1))
+
+
+def sing(
+    rng: np.random.Generator,
+    syl: dict[str, np.ndarray],
+    centre: float,
+    sr: int,
+    n: int,
+) -> np.ndarray:
+    """The voice of ``_vocals`` singing the syllables ``syl`` (columns onset, end (seconds),
+    midi, vowel (index into VOWEL_FORMANTS), accent, consonant (bool) and phrase (an id
+    shared by the syllables of one phrase), sorted by onset, at least one) in a register
+    around MIDI ``centre``: mono float32 (n,). Shared with the rendered MUSDB generator,
+    which sings its own composed melodies with it."""
     hop = max(1, round(0.0015 * sr))
     frames = n // hop + 2
     tc = np.arange(frames) * hop / sr
@@ -756,7 +776,7 @@ def _vocals(rng: np.random.Generator, arr: Arrangement, grid: _Grid) -> np.ndarr
         burst = _fade_tail(_peak_normalise(burst * np.clip(t / 0.005, 0, 1)))
         burst = (hiss_level * accent * burst)[: n - start]
         voice[start : start + len(burst)] += burst.astype(np.float32)
-    return _pan(voice, rng.uniform(-0.1, 0.1))
+    return voice
 
 
 def _rms_normalise(x: np.ndarray) -> np.ndarray:
@@ -793,37 +813,85 @@ def render_track(seed: int, duration: float, sample_rate: int = 44100) -> dict[s
 # -- the dataset on disk -------------------------------------------------------------------
 
 
-def _params(**params: object) -> dict:
+@dataclass(frozen=True)
+class Generator:
+    """One way of making the tracks of a synthetic MUSDB folder. Everything around the
+    tracks (parameters, splits and names, setup.yaml, the marker, atomic generation, the
+    progress bar) is shared by ``write_synthetic_musdb``; a generator is chosen by the
+    ``generator`` entry of ``data.synthetic`` (absent: this module's ``synth``)."""
+
+    name: str  # the value of ``generator`` that selects it
+    module: str  # written into MARKER: a folder of another generator is another dataset
+    format_version: int  # bump whenever a seed's audio or the layout changes
+    defaults: dict  # every parameter and its default (the value's type is the parameter's)
+    title: Callable[[int], str]  # track seed -> descriptive part of the track's folder name
+    render: Callable[[int, dict], dict[str, np.ndarray]]  # (track seed, params) -> stems
+    float_wav: bool = False  # FLOAT wav, mixture = float32 sum (else PCM_16, integer sum)
+    preflight: Callable[[dict], None] | None = None  # raises when it cannot run here
+
+
+SYNTH = Generator(
+    name="synth",
+    module=__name__,
+    format_version=FORMAT_VERSION,
+    defaults=DEFAULTS,
+    title=lambda seed: track_arrangement(seed).name,
+    render=lambda seed, params: render_track(seed, params["duration"], params["sample_rate"]),
+)
+
+
+def generator(name: str) -> Generator:
+    """The generator called ``name`` (``synth`` here, ``render`` in render_musdb)."""
+    if name == SYNTH.name:
+        return SYNTH
+    if name == "render":
+        from audiolab.data.render_musdb import RENDER  # imported late: it builds on this module
+
+        return RENDER
+    raise SynthMusdbError(
+        f"unknown data.synthetic.generator={name!r}: choose synth (data=musdb_synth) or render (data=musdb_render)"
+    )
+
+
+
+
+def _params(gen: Generator = SYNTH, **params: object) -> dict:
     """Generation parameters with defaults filled in and types normalised (so 12 == 12.0)."""
     params.pop("progress", None)  # allowed so that one dict can configure both functions
-    unknown = set(params) - set(DEFAULTS)
+    unknown = set(params) - set(gen.defaults)
     if unknown:
         raise TypeError(
-            f"unknown synthetic MUSDB parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}"
+            f"unknown synthetic MUSDB parameters {sorted(unknown)} for generator {gen.name!r}; "
+            f"known: {sorted(gen.defaults)}"
         )
-    merged = {**DEFAULTS, **params}
-    out = {key: int(merged[key]) for key in ("n_train", "n_valid", "n_test", "sample_rate", "seed")}
-    out["duration"] = float(merged["duration"])
+    merged = {**gen.defaults, **params}
+    out = {key: type(default)(merged[key]) for key, default in gen.defaults.items()}
     if out["n_train"] < 1 or out["n_valid"] < 0 or out["n_test"] < 0:
         raise SynthMusdbError(f"need n_train >= 1 and n_valid, n_test >= 0, got {out}")
     if out["duration"] <= 0 or out["sample_rate"] < 8000 or out["seed"] < 0:
         raise SynthMusdbError(f"need duration > 0, sample_rate >= 8000 and seed >= 0, got {out}")
-    return {key: out[key] for key in DEFAULTS}
+    return out
 
 
-def _plan(params: dict) -> dict[str, list[tuple[str, int]]]:
+def _split_params(params: dict) -> tuple[Generator, dict]:
+    """The generator that ``params`` name (``generator``, default synth) and the rest."""
+    params = dict(params)
+    return generator(str(params.pop("generator", SYNTH.name))), params
+
+
+def _plan(gen: Generator, params: dict) -> dict[str, list[tuple[str, int]]]:
     """(track name, track seed) of every track, by split."""
     plan = {}
     for split in SPLIT_FOLDERS:
         tracks = []
         for index in range(params[f"n_{split}"]):
             seed = track_seed(params["seed"], split, index)
-            tracks.append((f"{split}_{index:03d} - {track_arrangement(seed).name}", seed))
+            tracks.append((f"{split}_{index:03d} - {gen.title(seed)}", seed))
         plan[split] = tracks
     return plan
 
 
-def _problem(root: Path, params: dict) -> str | None:
+def _problem(root: Path, params: dict, gen: Generator = SYNTH) -> str | None:
     """What keeps ``root`` from being a finished dataset made with ``params``; None if nothing."""
     if not root.exists():
         return f"{root} does not exist"
@@ -835,6 +903,7 @@ def _problem(root: Path, params: dict) -> str | None:
     try:
         found = json.loads(marker.read_text())
         version, found_params = found["format"], found["params"]
+        module = found.get("generator", SYNTH.module)
         folders = [
             root / SPLIT_FOLDERS[split] / name
             for split, names in found["tracks"].items()
@@ -842,9 +911,12 @@ def _problem(root: Path, params: dict) -> str | None:
         ]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{marker} is unreadable ({exc})"
-    if version != FORMAT_VERSION:
+    if module != gen.module:
+        return f"{root} holds a dataset of {module}, not of {gen.module} (generator={gen.name})"
+    if version != gen.format_version:
         return (
-            f"{root} was written by generator format {version} (this one writes {FORMAT_VERSION})"
+            f"{root} was written by generator format {version} "
+            f"(this one writes {gen.format_version})"
         )
     if found_params != params:
         changed = ", ".join(
@@ -864,14 +936,41 @@ def _problem(root: Path, params: dict) -> str | None:
 
 def is_complete(root: str | Path, **params: object) -> bool:
     """True when root holds a finished dataset generated with these parameters (reads
-    MARKER). Missing parameters take the defaults of ``write_synthetic_musdb``."""
-    return _problem(Path(root).expanduser(), _params(**params)) is None
+    MARKER). Missing parameters take the defaults of the generator (``generator``, default
+    synth: those of ``write_synthetic_musdb``)."""
+    gen, params = _split_params(params)
+    return _problem(Path(root).expanduser(), _params(gen, **params), gen) is None
 
 
-def _write_track(folder: Path, stems: dict[str, np.ndarray], sample_rate: int) -> None:
+def check_can_generate(root: str | Path, **params: object) -> None:
+    """Raise (one line, naming the fix) when root is not yet a finished dataset with these
+    parameters and its generator cannot run on this machine: a check that costs nothing,
+    for callers that want to fail before any other work."""
+    gen, params = _split_params(params)
+    params = _params(gen, **params)
+    if gen.preflight is not None and _problem(Path(root).expanduser(), params, gen) is not None:
+        gen.preflight(params)
+
+
+def _write_track(
+    folder: Path, stems: dict[str, np.ndarray], sample_rate: int, float_wav: bool = False
+) -> None:
+    """The four stems and their mixture, which is the exact sum of the stems as stored:
+    of their int16 values (PCM_16), or of their float32 values in SOURCES order (FLOAT)."""
     folder.mkdir(parents=True)
     if not all(np.isfinite(x).all() for x in stems.values()):
-        raise AssertionError("synthetic stems are not finite; render_track is broken")
+        raise AssertionError("synthetic stems are not finite; the generator is broken")
+    if float_wav:
+        audio = {name: stems[name].astype(np.float32) for name in SOURCES}
+        mixture = audio[SOURCES[0]].copy()
+        for name in SOURCES[1:]:
+            mixture += audio[name]
+        peak = max(np.abs(x).max() for x in (mixture, *audio.values()))
+        if peak > 1.0:
+            raise AssertionError(f"synthetic mixture peaks at {peak:.3f} > 1; the mix stage is wrong")
+        for name, x in {"mixture": mixture, **audio}.items():
+            _write_float_wav(folder / f"{name}.wav", x, sample_rate)
+        return
     ints = {name: np.round(stems[name] * 32767).astype(np.int32) for name in SOURCES}
     # The mixture is summed after quantising, so it equals the sum of the stored stems.
     mixture = sum(ints.values())
@@ -879,6 +978,22 @@ def _write_track(folder: Path, stems: dict[str, np.ndarray], sample_rate: int) -
         raise AssertionError("synthetic mixture overflows int16; render_track's levels are wrong")
     for name, audio in {"mixture": mixture, **ints}.items():
         sf.write(folder / f"{name}.wav", audio.T.astype(np.int16), sample_rate, subtype="PCM_16")
+
+
+def _write_float_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """``audio`` (channels, n) as a 32-bit float wav (WAVE_FORMAT_IEEE_FLOAT). Written here
+    rather than by libsndfile, whose float files carry a time stamp (in their PEAK chunk):
+    the same seed then gives the same bytes."""
+    channels, n = audio.shape
+    data = np.ascontiguousarray(audio.T, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHHH", 3, channels, sample_rate, 4 * channels * sample_rate, 4 * channels, 32, 0)
+    body = (
+        b"WAVE"
+        + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        + b"fact" + struct.pack("<II", 4, n)
+        + b"data" + struct.pack("<I", len(data)) + data
+    )
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
 def _write_setup(folder: Path, validation_tracks: list[str], sample_rate: int) -> None:
@@ -893,32 +1008,21 @@ def _write_setup(folder: Path, validation_tracks: list[str], sample_rate: int) -
         yaml.safe_dump(setup, handle, sort_keys=False, allow_unicode=True)
 
 
-def write_synthetic_musdb(
-    root: str | Path,
-    n_train: int = 12,
-    n_valid: int = 3,
-    n_test: int = 5,
-    duration: float = 12.0,
-    sample_rate: int = 44100,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
+def write_synthetic_musdb(root: str | Path, progress: bool = True, **params: object) -> Path:
     """Generate (or do nothing if is_complete with the same params) and return root.
+
+    ``params``: ``generator`` (``synth``, the default, or ``render``) and that generator's
+    parameters, missing ones taking its defaults: for synth ``n_train=12, n_valid=3,
+    n_test=5, duration=12.0, sample_rate=44100, seed=0`` (DEFAULTS).
 
     The dataset is written into a temporary folder beside ``root`` and renamed into place
     with MARKER already inside, so an interrupted run never leaves a folder that looks
     complete. An existing non-empty ``root`` that is not this exact dataset is an error:
     nothing of the user's is ever deleted or overwritten."""
-    params = _params(
-        n_train=n_train,
-        n_valid=n_valid,
-        n_test=n_test,
-        duration=duration,
-        sample_rate=sample_rate,
-        seed=seed,
-    )
+    gen, params = _split_params(params)
+    params = _params(gen, **params)
     root = Path(root).expanduser()
-    problem = _problem(root, params)
+    problem = _problem(root, params, gen)
     if problem is None:
         log.info("synthetic MUSDB already complete in %s", root)
         return root
@@ -926,7 +1030,9 @@ def write_synthetic_musdb(
         raise SynthMusdbError(
             f"{problem}. Delete {root} to generate it again, or choose another root."
         )
-    plan = _plan(params)
+    if gen.preflight is not None:
+        gen.preflight(params)
+    plan = _plan(gen, params)
     jobs = [
         (SPLIT_FOLDERS[split], name, seed)
         for split, tracks in plan.items()
@@ -934,28 +1040,24 @@ def write_synthetic_musdb(
     ]
     if _is_empty_dir(root):
         root.rmdir()
+    sample_rate = params["sample_rate"]
     # A root that exists when the block ends was finished by another process first: it is
     # kept (ours dropped) and must then be this very dataset.
     with atomic_write(root, keep_existing_folder=True) as (tmp,):
         tmp.mkdir()
-        for folder, name, track in tqdm(
-            jobs, desc="synthetic MUSDB", unit="track", disable=not progress
-        ):
-            _write_track(
-                tmp / folder / name,
-                render_track(track, params["duration"], sample_rate),
-                sample_rate,
-            )
+        desc = "synthetic MUSDB" if gen is SYNTH else f"{gen.name} MUSDB"
+        for folder, name, track in tqdm(jobs, desc=desc, unit="track", disable=not progress):
+            _write_track(tmp / folder / name, gen.render(track, params), sample_rate, gen.float_wav)
         (tmp / "test").mkdir(exist_ok=True)  # musdb expects it even with no test tracks
         _write_setup(tmp, [name for name, _ in plan["valid"]], sample_rate)
         marker = {
-            "format": FORMAT_VERSION,
-            "generator": __name__,
+            "format": gen.format_version,
+            "generator": gen.module,
             "params": params,
             "tracks": {split: [name for name, _ in tracks] for split, tracks in plan.items()},
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    _check_in_place(root, params)
+    _check_in_place(root, params, gen)
     log.info("wrote synthetic MUSDB (%d tracks) to %s", len(jobs), root)
     return root
 
@@ -964,10 +1066,10 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def _check_in_place(root: Path, params: dict) -> None:
+def _check_in_place(root: Path, params: dict, gen: Generator = SYNTH) -> None:
     """After the rename: ``root`` holds this dataset (ours, or an identical one another
     process finished first), or the error says what is there instead."""
-    problem = _problem(root, params)
+    problem = _problem(root, params, gen)
     if problem is not None:
         raise SynthMusdbError(
             f"could not put the generated dataset in {root}: {problem}. "

@@ -43,8 +43,10 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
         "audiolab.data.musdb.MusdbDataModule",
         "audiolab.data.pitch_eval.PitchEvalDataModule",
         "audiolab.data.pitch_mix.PitchMixDataModule",
+        "audiolab.data.pitch_mix.SpeechSource",
         "audiolab.data.pitch_mix.SynthSource",
         "audiolab.data.pitch_mix.TeacherSource",
+        "audiolab.data.slakh.SlakhDataModule",
         "audiolab.data.synth_pitch.SynthPitchDataModule",
         # losses and metrics
         "audiolab.losses.separation.MultiResolutionStftLoss",
