@@ -8,6 +8,6 @@ setup(
     packages=[*find_packages("src", include=["audiolab", "audiolab.*"]),
               "audiolab.conf", "hydra_plugins.audiolab_sweepers"],
     package_dir={"": "src", "audiolab.conf": "conf"},
-    package_data={"audiolab.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"audiolab.conf": ["*.yaml", "**/*.yaml"], "audiolab.pitch": ["weights/*.pt", "weights/*.json"]},
     exclude_package_data={"audiolab.conf": ["local/*"]},
 )

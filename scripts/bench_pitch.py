@@ -39,7 +39,7 @@
    audiolab <model>, <decoder>   ``--models`` (pretrained names or anything
                                  ``audiolab.pitch.load_model`` loads) and ``--ckpt`` paths,
                                  each with every ``--decoders``; voiced: periodicity >= 0.5
-   torchcrepe tiny/full          weighted argmax and Viterbi; voiced: periodicity >= 0.5
+   torchcrepe tiny/full          each with every ``--decoders``; voiced: periodicity >= 0.5
    SwiftF0                       ``swift_f0`` (ONNX, its fixed 16-ms hop, 46.9-2093.8 Hz);
                                  voiced: confidence >= 0.5 (its calibrated threshold)
    FCPE                          ``torchfcpe`` bundled model, local argmax; voiced: its
@@ -55,8 +55,8 @@
 Every method runs on 16 kHz audio at a 10 ms hop where it lets us choose, with the
 widest pitch range it allows within CREPE's 32.7-1975.5 Hz, on ``--threads`` threads: torch
 (intra- and inter-op), OMP/MKL/OpenBLAS (environment, set before numpy and torch load) and
-SwiftF0's ONNX Runtime session (``SwiftF0(threads=..., spin=False)``: no busy-waiting, which
-would count as CPU time).
+SwiftF0's ONNX Runtime session (``SwiftF0(threads=..., spin=False)``), with no busy-waiting for
+anyone (``OMP_WAIT_POLICY=PASSIVE`` for OpenMP), which would count as CPU time.
 
     .venv/bin/python scripts/bench_pitch.py [--threads 2] [--sets synth mdb speech speech_noisy] \\
         [--models fast tiny full] [--ckpt outputs/<pitch run>/checkpoints/last.ckpt ...] \\
@@ -90,6 +90,9 @@ def _early_threads() -> int:
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = str(_early_threads())
+# OpenMP threads sleep when idle instead of spinning, as SwiftF0's ONNX Runtime does (spin=False):
+# spinning would count as CPU time for torch's small per-clip operations
+os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
@@ -465,8 +468,8 @@ def methods(args) -> list[Method]:
                 f"audiolab {label}, {decoder}", lambda m=model, d=decoder: audiolab_tracker(m, d),
                 f"{FMIN}-{FMAX} Hz, 10 ms; voiced: periodicity >= 0.5",
             ))
-    for capacity in ("tiny", "full"):
-        for decoder in ("weighted_argmax", "viterbi"):
+    for capacity in args.torchcrepe:
+        for decoder in args.decoders:
             out.append(Method(
                 f"torchcrepe {capacity}, {decoder}", lambda c=capacity, d=decoder: torchcrepe_tracker(c, d),
                 f"{FMIN}-{FMAX} Hz, 10 ms, batch 512; voiced: periodicity >= 0.5",
@@ -578,6 +581,10 @@ def accuracy(args) -> None:
         for r in results
     ]
     print_table(("method", "CPU s / s", "wall s / s", "settings"), rows)
+    stream_row = streaming(sets, args.stream_model)
+    if stream_row:
+        print(f"\nStreaming ({args.stream_model}, weighted argmax, 20-ms chunks) over the same audio")
+        print_table(("", "CPU s / s", "times real time (CPU)", "largest |f0 diff| to offline predict, cents"), [stream_row])
 
     if args.json:
         figures = {
@@ -594,10 +601,39 @@ def accuracy(args) -> None:
                 for r in results
             ],
         }
+        if stream_row:
+            figures["streaming"] = dict(zip(("name", "cpu_s_per_s", "times_real_time", "max_cents_to_offline"), stream_row, strict=True))
         args.header["accuracy"] = figures
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(args.header, indent=1))
         print(f"\nfigures written to {args.json}")
+
+
+def streaming(sets: dict, model: str) -> tuple[str, str, str, str] | None:
+    """``PitchStream`` on every clip in 20-ms chunks: CPU seconds per second of audio, how
+    many times faster than real time, and the largest f0 difference to offline ``predict``."""
+    from audiolab.pitch import PitchStream
+
+    try:
+        load_model(model)
+    except Exception as exc:  # noqa: BLE001 - reported, as for the other rows
+        print(f"\nStreaming: {model} not available ({type(exc).__name__}: {exc})")
+        return None
+    clips = [c.audio for group in sets.values() for c in group]
+    chunk = RATE // 50
+    stream = PitchStream(RATE, model=model, decoder="weighted_argmax")
+    stream.push(clips[0][:RATE])  # warm-up
+    stream.flush()
+    cpu, worst, seconds = 0.0, 0.0, 0.0
+    for audio in clips:
+        start = time.process_time()
+        outs = [stream.push(audio[i : i + chunk]) for i in range(0, audio.numel(), chunk)] + [stream.flush()]
+        cpu += time.process_time() - start
+        seconds += audio.numel() / RATE
+        f0 = torch.cat([o[0] for o in outs])
+        offline, _ = predict(audio, RATE, model=model, decoder="weighted_argmax")
+        worst = max(worst, float((1200 * torch.log2(f0 / offline)).abs().max()))
+    return f"PitchStream {model}", f"{cpu / seconds:.4f}", f"{seconds / cpu:.0f}x", f"{worst:.2g}"
 
 
 def main() -> None:
@@ -616,7 +652,9 @@ def main() -> None:
     g.add_argument("--models", nargs="*", default=["fast", "tiny", "full"], help="audiolab pitch models by name")
     g.add_argument("--ckpt", nargs="*", default=[], help="audiolab pitch checkpoints (e.g. a trained harmonic_pitch)")
     g.add_argument("--decoders", nargs="+", default=["viterbi", "weighted_argmax"], choices=["argmax", "weighted_argmax", "viterbi"],
-                   help="decoders of every audiolab model")
+                   help="decoders of every audiolab model and of torchcrepe")
+    g.add_argument("--torchcrepe", nargs="*", default=["tiny", "full"], choices=["tiny", "full"],
+                   help="torchcrepe capacities (full costs about 10 CPU s per s of audio)")
     g.add_argument("--pesto-model", default="mir-1k_g7", help="PESTO checkpoint name (2.0.1 ships mir-1k, mir-1k_g7) or path")
     g.add_argument("--pesto-threshold", type=float, default=0.5,
                    help="PESTO voicing: confidence >= this (default 0.5; its confidence depends on the level)")
@@ -624,6 +662,7 @@ def main() -> None:
     g.add_argument("--speech-clips", type=int, default=100, help="FSDD test recordings for the speech sets")
     g.add_argument("--teacher", default="full", help="audiolab model that labels the speech sets (Viterbi, -60 dB gate)")
     g.add_argument("--seed", type=int, default=0, help="resynthesis and degradation draws; torch seed")
+    g.add_argument("--stream-model", default="fast", help="the model of the streaming row (20-ms chunks)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

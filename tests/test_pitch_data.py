@@ -18,7 +18,13 @@ from audiolab.data.clips import AudioClip
 from audiolab.data.fsdd import FsddDataModule
 from audiolab.data.musdb import MusdbDataModule, MusdbError
 from audiolab.data.pitch_corpus import PitchCorpus, cache_audio, cache_labels, hold_voiced_f0
-from audiolab.data.pitch_mix import PitchMixDataModule, PitchMixError, SpeechSource, SynthSource, TeacherSource
+from audiolab.data.pitch_mix import (
+    PitchMixDataModule,
+    PitchMixError,
+    SpeechSource,
+    SynthSource,
+    TeacherSource,
+)
 from audiolab.data.sampling import EpochSampler
 from audiolab.data.synth_pitch import SynthPitchDataModule, SynthToneRenderer
 from audiolab.pitch import predict

@@ -120,3 +120,44 @@ def test_pitch_on_the_excerpt_is_right(excerpt_16k):
     err = np.abs(est[voiced] - 1200 * np.log2(ref_f0[voiced] / 10))
     assert voiced.sum() > 100
     assert np.mean(err < 50) > 0.9
+
+
+# -- audiolab's own shipped model ------------------------------------------------------------
+
+
+def test_the_shipped_fast_model_is_small_plain_package_data():
+    """fast.pt is a plain state dict (a safe load reads it) of a few dozen KB, and fast.json
+    names the network's arguments and where the weights came from."""
+    import json
+
+    from audiolab.nets.harmonic_pitch import HarmonicPitchNet
+    from audiolab.pitch.pretrained import WEIGHTS_DIR, shipped_model
+
+    weights, card = WEIGHTS_DIR / "fast.pt", WEIGHTS_DIR / "fast.json"
+    assert weights.stat().st_size < 300_000
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    meta = json.loads(card.read_text())
+    assert meta["source"]["task_name"] == "pitch_fast" and 0 < meta["calibration"]["threshold_before"] < 1
+    net = shipped_model("fast")
+    assert isinstance(net, HarmonicPitchNet) and not net.training and net.bin_stride == meta["net"]["bin_stride"]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+
+
+def test_fast_tracks_the_excerpt_and_calls_silence_unvoiced(excerpt_16k):
+    """On the real-f0 excerpt: most voiced frames within 50 cents and called voiced at the
+    calibrated 0.5 threshold; digital silence and noise get low periodicity."""
+    from audiolab.pitch import predict
+
+    folder = require_shared("pitch", "mdb-stem-synth-excerpt")
+    ref = np.loadtxt(next(folder.glob("*.csv")), delimiter=",")
+    f0, period = predict(excerpt_16k, 16000, model="fast")
+    times = np.arange(len(f0)) * HOP / 16000
+    ref_f0 = np.interp(times, ref[:, 0], ref[:, 1])
+    voiced = np.interp(times, ref[:, 0], (ref[:, 1] > 0).astype(float)) == 1.0
+    cents = np.abs(1200 * np.log2(f0.numpy()[voiced] / ref_f0[voiced]))
+    assert voiced.sum() > 100 and np.mean(cents < 50) > 0.95
+    assert (period.numpy()[voiced] >= 0.5).mean() > 0.9
+    _, silent = predict(torch.zeros(16000), 16000, model="fast")
+    _, noisy = predict(0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0)), 16000, model="fast")
+    assert (silent == 0).all() and (noisy < 0.5).float().mean() > 0.9

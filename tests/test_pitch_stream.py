@@ -95,6 +95,12 @@ def test_stream_gives_the_frames_of_predict(rate, kind):
     assert (streamed[1] == 0).any()  # and the gap is not
 
 
+def test_the_shipped_fast_model_streams_like_predict():
+    audio = voice(22050)
+    streamed = stream_all(PitchStream(22050, model="fast"), chunks(audio, "20ms", 22050))
+    assert_like_predict(streamed, audio, 22050, model="fast", decoder="weighted_argmax")
+
+
 @pytest.mark.parametrize("rate", [16000, 44100])
 def test_one_sample_chunks(rate):
     audio = voice(rate, seconds=0.15)

@@ -23,7 +23,13 @@ from audiolab.audio.pitch_grid import FRAME_LENGTH, HOP_LENGTH, SAMPLE_RATE, cen
 from audiolab.pitch.decode import check_decoder, decode_with_bins, limit_range
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
 from audiolab.pitch.postprocess import periodicity as periodicity_at
-from audiolab.pitch.pretrained import PRETRAINED, pretrained_crepe
+from audiolab.pitch.pretrained import (
+    MODEL_NAMES,
+    PRETRAINED,
+    SHIPPED,
+    pretrained_crepe,
+    shipped_model,
+)
 from audiolab.utils.atomic import atomic_write
 from audiolab.utils.errors import AudiolabError
 
@@ -35,8 +41,8 @@ class PitchInputError(AudiolabError):
 
 
 def load_model(model: str | Path | nn.Module = "tiny", device: str | torch.device = "cpu") -> nn.Module:
-    """A pitch network in eval mode on ``device``: ``tiny`` / ``full`` (pretrained CREPE),
-    the path of an audiolab pitch checkpoint, or a network (``net(frames)`` gives
+    """A pitch network in eval mode on ``device``: ``fast`` (audiolab's own, shipped with the
+    package), ``tiny`` / ``full`` (pretrained CREPE), the path of an audiolab pitch checkpoint, or a network (``net(frames)`` gives
     activations, ``net.embed(frames)`` embeddings). Names and paths are loaded once per
     process and device."""
     if isinstance(model, nn.Module):
@@ -46,6 +52,8 @@ def load_model(model: str | Path | nn.Module = "tiny", device: str | torch.devic
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(model: str, device: str) -> nn.Module:
+    if model in SHIPPED:
+        return shipped_model(model).to(device)
     if model in PRETRAINED:
         return pretrained_crepe(model).to(device)
     from audiolab.utils.checkpoint import load_module
@@ -53,7 +61,7 @@ def _load_cached(model: str, device: str) -> nn.Module:
     path = Path(model).expanduser()
     if not path.suffix and not path.exists():
         raise AudiolabError(
-            f"unknown pitch model {model!r}: pass one of {', '.join(PRETRAINED)} or the path of a "
+            f"unknown pitch model {model!r}: pass one of {', '.join(MODEL_NAMES)} or the path of a "
             "checkpoint written by audiolab-train (e.g. outputs/train/<run>/checkpoints/last.ckpt)"
         )
     module, _ = load_module(path, device)
@@ -153,7 +161,8 @@ def predict(
         sample_rate: of ``audio``, any rate; it is resampled to 16 kHz (torchaudio).
         hop_length: frame hop in samples at 16 kHz, whatever the input rate (160 = 10 ms).
         fmin, fmax: the pitch range in Hz; bins outside it are never chosen.
-        model: ``tiny``, ``full``, an audiolab pitch checkpoint path, or a network.
+        model: ``fast`` (audiolab's own), ``tiny``, ``full`` (CREPE), an audiolab pitch
+            checkpoint path, or a network.
         decoder: ``viterbi`` (smooth path), ``weighted_argmax`` or ``argmax``.
         batch_size: frames per forward pass (bounds memory).
         device: where the network runs (default: the audio's device).

