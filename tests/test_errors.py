@@ -94,3 +94,27 @@ def test_eval_names_both_tasks_when_data_and_model_disagree(tmp_path):
     assert len(errors) == 1, proc.stderr[-2000:]
     assert "holds a separation model (SeparationModule) but the data is for pitch (SynthPitchDataModule)" in errors[0]
     assert "sample_rate" not in errors[0]
+
+
+def test_train_names_both_tasks_when_data_and_model_disagree(tmp_path):
+    """data=musdb_render alone keeps the default pitch model: one line saying so, before
+    any data is written."""
+    proc = run_cli("train", "data=musdb_synth", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}/data", check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "the model is a pitch model (PitchModule) but the data is for separation (MusdbDataModule)" in errors[0]
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_data_config_error_raised_while_building_is_one_line(tmp_path):
+    """A DataModule refusing its options inside Hydra's instantiate: the audiolab message,
+    not Hydra's wrapper and traceback."""
+    proc = run_cli(
+        "train", "experiment=separation_render", "data.synthetic.soundfont=/nonexistent.sf2",
+        f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}/data", check=False,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Error in call to target" not in proc.stderr, proc.stderr[-2000:]
+    assert "data=musdb_render cannot render" in errors[0]

@@ -74,11 +74,19 @@ def _run(config_name: str, task: str) -> None:
         from audiolab.utils.hydra import apply_extras
 
         apply_extras(cfg)
+        from hydra.errors import InstantiationException
+
         try:
             return getattr(importlib.import_module(f"audiolab.{module}"), function)(cfg)
         except AudiolabError as exc:
             # A SystemExit passes through Hydra's error reporting: one line, no traceback.
             raise SystemExit(f"error: {exc}") from None
+        except InstantiationException as exc:
+            # a user error raised while a config entry is built (a DataModule checking its
+            # options): the same one line, without Hydra's wrapper
+            if isinstance(exc.__cause__, AudiolabError):
+                raise SystemExit(f"error: {exc.__cause__}") from None
+            raise
 
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(entry)()
 

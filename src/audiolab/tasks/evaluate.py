@@ -16,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiolab.reports import write_report
 from audiolab.utils.checkpoint import load_checkpoint, stored_config
-from audiolab.utils.errors import AudiolabError
 from audiolab.utils.hydra import instantiate_callbacks, instantiate_loggers, task_wrapper
 from audiolab.utils.targets import check_targets
-from audiolab.utils.validate import validate_options
+from audiolab.utils.validate import check_task_match, validate_options
 
 log = logging.getLogger("audiolab")
 
@@ -45,20 +44,6 @@ def run_config(cfg: DictConfig, checkpoint: dict[str, Any]) -> DictConfig:
         else:
             stored[group] = OmegaConf.merge(stored[group], cfg[group])
     return stored
-
-
-def check_task_match(run: DictConfig, ckpt: str) -> None:
-    """Refuse data of another task than the checkpoint's model (``data=synth_pitch`` for a
-    separation checkpoint), naming both, before anything is built."""
-    module_cls = hydra.utils.get_class(run.model._target_)
-    data_cls = hydra.utils.get_class(run.data._target_)
-    task, served = getattr(module_cls, "task", ""), getattr(data_cls, "tasks", ())
-    if task and served and task not in served:
-        raise AudiolabError(
-            f"{ckpt} holds a {task} model ({module_cls.__name__}) but the data is for "
-            f"{' / '.join(served)} ({data_cls.__name__}): choose a {task} data config, or leave "
-            "data= out to evaluate on the checkpoint's own data"
-        )
 
 
 def print_table(rows: list[tuple[str, float, float | str | None]], title: str) -> None:

@@ -22,7 +22,7 @@ from audiolab.utils.hydra import (
     task_wrapper,
 )
 from audiolab.utils.resume import resumed_config, wants_resume
-from audiolab.utils.validate import validate_options
+from audiolab.utils.validate import check_task_match, validate_options
 
 log = logging.getLogger("audiolab")
 
@@ -70,6 +70,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = resumed_config(cfg)
         log.info(f"resuming {cfg.paths.output_dir} from {cfg.ckpt_path}")
     validate_options(cfg)
+    check_task_match(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     fill_task_defaults(cfg)

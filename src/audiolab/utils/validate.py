@@ -103,3 +103,26 @@ def validate_options(cfg: DictConfig, rules: dict[str, Rule] = RULES) -> None:
             continue
         if not rule.valid(value):
             raise ConfigValueError(f"{key}={value!r} is not valid: it must be {rule.says}")
+
+
+def check_task_match(cfg: DictConfig, ckpt: str | None = None) -> None:
+    """Refuse a model and data of different tasks (``data=musdb_render`` with the default
+    pitch model; ``data=synth_pitch`` for a separation checkpoint), naming both, before
+    anything is built. ``ckpt``: the checkpoint the model comes from (eval.py)."""
+    import hydra
+
+    module_cls = hydra.utils.get_class(cfg.model._target_)
+    data_cls = hydra.utils.get_class(cfg.data._target_)
+    task, served = getattr(module_cls, "task", ""), getattr(data_cls, "tasks", ())
+    if not task or not served or task in served:
+        return
+    data = f"the data is for {' / '.join(served)} ({data_cls.__name__})"
+    if ckpt is not None:
+        raise AudiolabError(
+            f"{ckpt} holds a {task} model ({module_cls.__name__}) but {data}: choose a {task} data "
+            "config, or leave data= out to evaluate on the checkpoint's own data"
+        )
+    raise AudiolabError(
+        f"the model is a {task} model ({module_cls.__name__}) but {data}: choose a {served[0]} model "
+        f"(model=...), or an experiment= that sets both"
+    )
