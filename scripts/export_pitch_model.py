@@ -26,9 +26,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from audiolab.pitch.decode import decode_with_bins, limit_range
-from audiolab.pitch.inference import FMAX, FMIN
-from audiolab.pitch.postprocess import periodicity
+from audiolab.pitch.inference import decode_activations
 from audiolab.pitch.pretrained import WEIGHTS_DIR
 from audiolab.utils.atomic import atomic_write
 from audiolab.utils.checkpoint import load_module
@@ -40,10 +38,8 @@ def validation_periodicity(net, datamodule, decoder: str) -> tuple[torch.Tensor,
     with torch.inference_mode():
         for batch in datamodule.val_dataloader():
             frames = batch["frames"]
-            act = limit_range(net(frames).float(), FMIN, FMAX)
-            _, bins = decode_with_bins(act, decoder)
             constant = frames.amax(dim=-1) == frames.amin(dim=-1)
-            period = periodicity(act, bins).masked_fill(constant, 0.0)
+            _, period = decode_activations(net(frames), constant, decoder)
             valid = torch.isfinite(batch["times"])
             periods.append(period[valid])
             labels.append(batch["voiced"][valid].bool())

@@ -47,6 +47,12 @@ class PitchCorpusError(AudiolabError):
     """Audio that cannot become pitch training data."""
 
 
+def int16_bytes(audio: torch.Tensor) -> bytes:
+    """Samples in [-1, 1] as the caches store them: int16 (96 dB of range, far more than
+    pitch needs, at half the size of float32)."""
+    return (audio.clamp(-1.0, 1.0) * INT16_SCALE).round().to(torch.int16).numpy().tobytes()
+
+
 def cache_audio(clips: list[AudioClip], cache_dir: str | Path, progress: bool = True) -> Path:
     """The folder of the 16 kHz audio cache of ``clips`` (written when missing)."""
     key = config_hash({"format": AUDIO_FORMAT, "sample_rate": SAMPLE_RATE, "clips": [list(c.identity) for c in clips]})
@@ -67,8 +73,7 @@ def cache_audio(clips: list[AudioClip], cache_dir: str | Path, progress: bool = 
                     raise PitchCorpusError(f"{clip.name} holds NaN or infinite samples: fix or remove the file")
                 if rate != SAMPLE_RATE:
                     audio = torchaudio.functional.resample(audio, rate, SAMPLE_RATE)
-                # int16 halves the cache; its 96 dB of range is far below what pitch needs
-                out.write((audio.clamp(-1.0, 1.0) * INT16_SCALE).round().to(torch.int16).numpy().tobytes())
+                out.write(int16_bytes(audio))
                 names.append(clip.name)
                 lengths.append(int(audio.shape[-1]))
         if not any(lengths):
@@ -254,7 +259,7 @@ def cache_rendered(
                 expected = 1 + audio.shape[-1] // hop_length
                 if f0.shape != (expected,) or voiced.shape != (expected,):
                     raise PitchCorpusError(f"rendered clip {name} has {f0.shape[0]} labels for {expected} frames")
-                audio_out.write((audio.clamp(-1.0, 1.0) * INT16_SCALE).round().to(torch.int16).numpy().tobytes())
+                audio_out.write(int16_bytes(audio))
                 f0_out.write(f0.float().numpy().tobytes())
                 period_out.write(voiced.float().numpy().tobytes())
                 names.append(name)

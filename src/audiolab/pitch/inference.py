@@ -140,6 +140,19 @@ def _run(net: nn.Module, fn, audio: torch.Tensor, hop_length: int, batch_size: i
     return torch.cat(outputs, dim=1), torch.cat(constant, dim=1)
 
 
+def decode_activations(
+    activations: torch.Tensor, constant: torch.Tensor, decoder: str, fmin: float = FMIN, fmax: float = FMAX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cents, periodicity)`` of network activations ``(..., frames, bins)``: bins outside
+    ``[fmin, fmax]`` excluded, the ``decoder``'s path, the activation at each decoded bin as
+    periodicity, and 0 on ``constant`` frames (silence, DC), where the network's output
+    means nothing. What :func:`predict`, :class:`~audiolab.pitch.stream.PitchStream` and the
+    export calibration all report."""
+    act = limit_range(activations.float(), fmin, fmax)
+    cents, bins = decode_with_bins(act, decoder)
+    return cents, periodicity_at(act, bins).masked_fill(constant, 0.0)
+
+
 def predict(
     audio: torch.Tensor | np.ndarray,
     sample_rate: int,
@@ -185,9 +198,7 @@ def predict(
     device = torch.device(device) if device is not None else x.device
     net = load_model(model, device)
     act, constant = _run(net, net, x, hop_length, batch_size, device)
-    act = limit_range(act.float(), fmin, fmax)
-    cents, bins = decode_with_bins(act, decoder)
-    period = periodicity_at(act, bins).masked_fill(constant, 0.0)
+    cents, period = decode_activations(act, constant, decoder, fmin, fmax)
     if silence_db is not None:
         loudness = a_weighted_loudness(x.to(device), SAMPLE_RATE, hop_length, FRAME_LENGTH)
         period = silence_gate(period, loudness, silence_db)

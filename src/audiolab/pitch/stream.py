@@ -25,10 +25,9 @@ from torch import nn
 from torchaudio.functional.functional import _get_sinc_resample_kernel
 
 from audiolab.audio.pitch_grid import FRAME_LENGTH, HOP_LENGTH, N_BINS, SAMPLE_RATE, cents_to_hz
-from audiolab.pitch.decode import check_decoder, decode_with_bins, limit_range
-from audiolab.pitch.inference import FMAX, FMIN, PitchInputError, load_model
+from audiolab.pitch.decode import check_decoder, limit_range
+from audiolab.pitch.inference import FMAX, FMIN, PitchInputError, decode_activations, load_model
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
-from audiolab.pitch.postprocess import periodicity as periodicity_at
 
 PER_FRAME_DECODERS = ("weighted_argmax", "argmax")
 
@@ -294,9 +293,7 @@ class PitchStream:
             for batch in frames.split(self.batch_size):
                 act.append(self.net(batch))
                 constant.append(batch.amax(dim=-1) == batch.amin(dim=-1))
-        act = limit_range(torch.cat(act).float(), self.fmin, self.fmax)
-        cents, bins = decode_with_bins(act, self.decoder)
-        period = periodicity_at(act, bins).masked_fill(torch.cat(constant), 0.0)
+        cents, period = decode_activations(torch.cat(act), torch.cat(constant), self.decoder, self.fmin, self.fmax)
         if self.silence_db is not None:
             # a_weighted_loudness frame m of this span is frame `next_frame + m - first`
             first = (lead + FRAME_LENGTH // 2) // hop
