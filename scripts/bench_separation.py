@@ -1,7 +1,8 @@
 """Source separation benchmark, one run, one printed table per section:
 
-    .venv/bin/python scripts/bench_separation.py [--sections train,inference,quality]
+    .venv/bin/python scripts/bench_separation.py [--sections train,inference,quality,data]
         [--ckpt PATH] [--quality-minutes 20] [--device cpu|cuda]
+        [--data-sets musdb_synth,musdb_render] [--data-minutes 30] [--data-ckpts A,B]
 
 - train: steps/s and peak memory of one training step per model preset (random batch of
   the data config's chunk length), each preset in its own process so peaks do not mix.
@@ -11,12 +12,20 @@
 - quality: trains ``experiment=separation_synth`` for a fixed wall-time budget (or takes
   ``--ckpt``), then scores it on the synthetic test tracks beside the oracles IRM1, IBM
   and the mixture-as-estimate, all with the same whole-track SDR (uSDR) on the same tracks.
+- data: which built-in training set carries over to real music. The same network
+  (``experiment=separation_<set>``: TFC-TDF, 4 stems) trains on each set for the same
+  budget, all sets at once, one torch thread each (so each gets one core: CPU minutes =
+  wall minutes), the data generated beforehand; or ``--data-ckpts`` takes trained ones.
+  Each model is scored on the real MUSDB18 preview (BSSEval v4 SDR, median of 1-s frames,
+  numerically museval's) beside the oracle IRM1 and the mixture-as-estimate, and on every
+  set's own synthetic test tracks (uSDR, median over tracks).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -237,22 +246,27 @@ def section_inference(args) -> None:
     )
 
 
-def train_quality_model(args, out_dir: Path) -> str:
-    h, rem = divmod(args.quality_minutes * 60, 3600)
+def train_command(experiment: str, minutes: int, log_dir: Path, run_dir: Path) -> list[str]:
+    """``src/train.py`` for ``experiment`` capped at ``minutes`` of wall time, no test pass."""
+    h, rem = divmod(minutes * 60, 3600)
     m, s = divmod(rem, 60)
-    cmd = [
+    return [
         sys.executable,
         str(REPO / "src" / "train.py"),
-        "experiment=separation_synth",
+        f"experiment={experiment}",
         "logger=csv",
         f"trainer.max_time=00:{h:02d}:{m:02d}:{s:02d}",
         "trainer.max_epochs=1000",
         "test=false",
         "callbacks.rich_progress_bar=null",
-        f"paths.log_dir={out_dir}",
+        f"paths.log_dir={log_dir}",
         "extras.print_config=false",
-        f"hydra.run.dir={out_dir}/run",
+        f"hydra.run.dir={run_dir}",
     ]
+
+
+def train_quality_model(args, out_dir: Path) -> str:
+    cmd = train_command("separation_synth", args.quality_minutes, out_dir, out_dir / "run")
     if args.device == "cuda":
         cmd += ["trainer=gpu", "trainer.precision=bf16-mixed"]
     print("training:", " ".join(cmd[1:]), flush=True)
@@ -314,11 +328,149 @@ def section_quality(args) -> None:
     )
 
 
+DATA_SETS = ["musdb_synth", "musdb_render"]
+PREVIEW = ("musdb18-sample", "train", "Music Delta - 80s Rock.stem.mp4")
+STEMS = ["vocals", "drums", "bass", "other"]
+
+
+def shared_data(*parts: str) -> Path:
+    """A file of the shared data folder (``AUDIOLAB_SHARED_DATA`` or ``../shared/data``)."""
+    root = Path(os.environ.get("AUDIOLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+    path = root.joinpath(*parts)
+    if not path.exists():
+        raise SystemExit(
+            f"error: {path} not found; set AUDIOLAB_SHARED_DATA to the shared data folder"
+        )
+    return path
+
+
+def data_module(overrides: list[str]):
+    """The MUSDB DataModule of ``data=...`` overrides, 4 stems, data prepared."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([*overrides, f"data.targets=[{','.join(STEMS)}]"], Path(tmp))
+    datamodule = hydra.utils.instantiate(OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule.prepare_data()
+    return datamodule
+
+
+def train_data_models(args, out_dir: Path) -> dict[str, str]:
+    """Train ``experiment=separation_<set>`` for every set at once, one thread each, for
+    ``--data-minutes`` of wall time; returns {set: best checkpoint}."""
+    for name in args.data_sets:
+        print(f"preparing data={name} ...", flush=True)
+        data_module([f"data={name}"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = {}
+    for name in args.data_sets:
+        run_dir = out_dir / name
+        cmd = train_command(
+            f"separation_{name.removeprefix('musdb_')}", args.data_minutes, out_dir, run_dir
+        )
+        print("training:", " ".join(cmd[2:]), flush=True)
+        log = open(out_dir / f"{name}.log", "w")  # noqa: SIM115 (closed after the wait)
+        procs[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log), log)
+    ckpts = {}
+    for name, (proc, log) in procs.items():
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"training on {name} failed; see {out_dir / f'{name}.log'}")
+        best = sorted((out_dir / name / "checkpoints").glob("epoch_*.ckpt"))
+        if not best:
+            raise RuntimeError(f"no checkpoint written under {out_dir / name}")
+        ckpts[name] = str(best[-1])
+        print(
+            f"{name}: {(usage.ru_utime + usage.ru_stime) / 60:.1f} CPU minutes "
+            f"(with its data loader), best checkpoint {best[-1].name}",
+            flush=True,
+        )
+    return ckpts
+
+
+def median_frame_sdr(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """BSSEval v4 SDR per source, median over 1-s frames (NaN frames skipped, as museval)."""
+    from audiolab.metrics.bss_eval import bss_eval_v4
+
+    sdr = bss_eval_v4(references.transpose(1, 2), estimates.transpose(1, 2))["sdr"]
+    return sdr.nanmedian(dim=1).values
+
+
+def section_data(args) -> None:
+    from audiolab.metrics.separation import usdr
+    from audiolab.separation.oracle import oracle_separation
+    from audiolab.utils.checkpoint import load_module
+
+    preview_file = shared_data(*PREVIEW)
+    out_dir = Path(args.out) / "data"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.data_ckpts:
+        ckpts = dict(zip(args.data_sets, args.data_ckpts.split(","), strict=True))
+    else:
+        ckpts = train_data_models(args, out_dir)
+    preview = data_module(
+        [
+            "data=musdb",
+            f"data.root={preview_file.parents[1]}",
+            "data.splits.valid.split=null",
+            "data.splits.test.subsets=train",
+        ]
+    ).full_tracks("test")[0]
+    test_sets = {name: data_module([f"data={name}"]).full_tracks("test") for name in args.data_sets}
+
+    def row(label: str, values: torch.Tensor) -> str:
+        return (
+            f"| {label} | "
+            + " | ".join(f"{v:.2f}" for v in values.tolist())
+            + f" | {values.mean():.2f} |"
+        )
+
+    mixture, refs = preview["mixture"], preview["targets"]
+    lines = [
+        f"\n## Real MUSDB18 preview ({preview_file.name}, {mixture.shape[-1] / 44100:.1f} s): "
+        "BSSEval v4 SDR dB, median of 1-s frames",
+        "| estimate | " + " | ".join(STEMS) + " | mean |",
+        "|---|" + "---:|" * (len(STEMS) + 1),
+    ]
+    models = {}
+    for name, ckpt in ckpts.items():
+        module, _ = load_module(ckpt, args.device)
+        if list(module.targets) != STEMS:
+            raise SystemExit(f"error: {ckpt} separates {list(module.targets)}, not {STEMS}")
+        models[name] = module
+        with torch.no_grad():
+            estimate = module.separate(mixture.to(args.device)).cpu()
+        lines.append(row(f"trained on {name}", median_frame_sdr(estimate, refs)))
+    for kind in ("irm1", "mix"):
+        lines.append(
+            row(f"oracle {kind}", median_frame_sdr(oracle_separation(kind, mixture, refs), refs))
+        )
+    print("\n".join(lines))
+    print(f"checkpoints: {ckpts}")
+
+    print("\n## Synthetic test tracks of each set: uSDR dB, median over tracks")
+    print("| model | test set | " + " | ".join(STEMS) + " | mean |")
+    print("|---|---|" + "---:|" * (len(STEMS) + 1))
+    for set_name, tracks in test_sets.items():
+        scores = {name: [] for name in models}
+        for item in tracks:
+            with torch.no_grad():
+                for name, module in models.items():
+                    estimate = module.separate(item["mixture"].to(args.device)).cpu()
+                    scores[name].append(usdr(estimate, item["targets"]).float())
+        for name in models:
+            values = torch.stack(scores[name]).median(dim=0).values
+            print(row(f"trained on {name} | {set_name} ({len(tracks)})", values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sections", default="train,inference,quality")
+    parser.add_argument("--sections", default="train,inference,quality")  # data: on request
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument(
         "--ckpt", default=None, help="a separation checkpoint (inference and quality use it)"
@@ -326,6 +478,15 @@ def main() -> None:
     parser.add_argument("--quality-minutes", type=int, default=20)
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--data-sets", default=",".join(DATA_SETS), help="built-in sets (data section)"
+    )
+    parser.add_argument(
+        "--data-minutes", type=int, default=30, help="training wall minutes per set"
+    )
+    parser.add_argument(
+        "--data-ckpts", default=None, help="trained checkpoints, one per --data-sets"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_separation"))
     # worker mode (internal)
@@ -335,6 +496,7 @@ def main() -> None:
     parser.add_argument("--wav", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.presets = args.presets.split(",")
+    args.data_sets = args.data_sets.split(",")
 
     if args.worker == "train":
         print(json.dumps(worker_train_step(args.preset, args.device, args.steps, args.batch_size)))
@@ -350,6 +512,8 @@ def main() -> None:
         section_inference(args)
     if "quality" in sections:
         section_quality(args)
+    if "data" in sections:
+        section_data(args)
 
 
 if __name__ == "__main__":

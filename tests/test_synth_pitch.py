@@ -109,3 +109,18 @@ def test_noise_follows_the_requested_snr():
     residual = noisy - scale * tone
     snr = 10 * torch.log10((scale * tone).pow(2).sum() / residual.pow(2).sum())
     assert abs(snr.item() - 10.0) < 0.5
+
+
+def test_sine_prob_renders_pure_sines_and_keeps_other_streams():
+    """sine_prob=1 keeps the first partial only; sine_prob=0 draws exactly what the
+    renderer drew before the option existed."""
+    sr, n = 16000, 16000
+    pure = SynthToneRenderer(sample_rate=sr, sine_prob=1.0, snr_db=(100.0, 100.0), clean_prob=1.0)
+    params = pure.draw(np.random.default_rng(3), n)
+    assert np.count_nonzero(params["amps"]) == 1 and params["amps"][0] > 0
+    default = SynthToneRenderer(sample_rate=sr).draw(np.random.default_rng(5), n)
+    off = SynthToneRenderer(sample_rate=sr, sine_prob=0.0).draw(np.random.default_rng(5), n)
+    for key, value in default.items():
+        np.testing.assert_array_equal(value, off[key])
+    with pytest.raises(ValueError, match="sine_prob"):
+        SynthToneRenderer(sine_prob=1.5)

@@ -43,6 +43,8 @@ class SynthToneRenderer:
         max_glide_cents_per_second: steepest glide.
         vibrato_cents: range of the vibrato depth (peak deviation).
         vibrato_hz: range of the vibrato rate.
+        sine_prob: probability that an example is a pure sine (its first partial only):
+            test tones and sweeps, where a tracker has one partial to go on.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SynthToneRenderer:
         max_glide_cents_per_second: float = 1200.0,
         vibrato_cents: tuple[float, float] = (10.0, 80.0),
         vibrato_hz: tuple[float, float] = (3.0, 8.0),
+        sine_prob: float = 0.0,
     ) -> None:
         check_f0_range(fmin, fmax, sample_rate)
         if not 0.0 <= unvoiced_fraction < 1.0:
@@ -77,6 +80,9 @@ class SynthToneRenderer:
         self.max_glide = max_glide_cents_per_second
         self.vibrato_cents = vibrato_cents
         self.vibrato_hz = vibrato_hz
+        if not 0.0 <= sine_prob <= 1.0:
+            raise ValueError(f"sine_prob must be in [0, 1], got {sine_prob}")
+        self.sine_prob = sine_prob
 
     # -- parameters ------------------------------------------------------------------
     def draw(self, rng: np.random.Generator, n_samples: int) -> dict[str, np.ndarray]:
@@ -105,6 +111,9 @@ class SynthToneRenderer:
         if rng.random() < 0.2:  # odd partials only (clarinet-like)
             amps[1::2] = 0.0
         phases = rng.uniform(0, 2 * np.pi, self.max_harmonics)
+        # drawn only when enabled, so that other configs keep their random streams
+        if self.sine_prob > 0 and rng.random() < self.sine_prob:
+            amps[1:] = 0.0
 
         n_gaps = rng.poisson(self.gap_rate * (duration + self.gap_seconds[1]))
         gap_len = rng.uniform(*self.gap_seconds, n_gaps)

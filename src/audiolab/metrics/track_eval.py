@@ -17,7 +17,6 @@ supply a mode's estimates.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import torch
 
 from audiolab.metrics.bss_eval import bss_eval_v4
 from audiolab.metrics.separation import csdr, usdr
+from audiolab.utils.atomic import atomic_write
 from audiolab.utils.errors import AudiolabError
 
 # The target order is musdb's (vocals first), the order eval_mus_track scores them in.
@@ -218,13 +218,10 @@ def score_differences(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) 
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a reader (or
-    a resumed run) sees the old file or the whole new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through :func:`~audiolab.utils.atomic.atomic_write`: a
+    reader (or a resumed run) sees the old file or the whole new one, never half of it."""
+    with atomic_write(path) as (tmp,):
+        tmp.write_text(text)
 
 
 def evaluate_track(job: TrackJob) -> dict:
