@@ -31,7 +31,7 @@ from audiolab.pitch.postprocess import (
     silence_gate,
     threshold,
 )
-from audiolab.pitch.viterbi import BLOCK, crepe_transition, viterbi
+from audiolab.pitch.viterbi import BLOCK, crepe_transition, crepe_viterbi, viterbi
 
 
 def random_observations(rng: np.random.Generator, shape: tuple[int, ...], sharpness: float = 4.0) -> np.ndarray:
@@ -83,6 +83,20 @@ def test_viterbi_path_equals_librosa_with_the_crepe_transition():
     np.testing.assert_array_equal(
         viterbi(torch.from_numpy(flat), transition)[0].numpy(), librosa.sequence.viterbi(flat[0].T, transition.numpy())
     )
+
+
+def test_crepe_viterbi_is_viterbi_with_the_crepe_transition():
+    """The prepared CREPE model decodes the same paths as the general decoder, for every
+    state count, call after call (nothing shared is modified), and checks its input."""
+    rng = np.random.default_rng(5)
+    for n_states in (360, 50, 360):
+        obs = torch.from_numpy(random_observations(rng, (3, 70, n_states), sharpness=2.0))
+        want = viterbi(obs, crepe_transition(n_states))
+        assert len(torch.unique(want)) > 3
+        for _ in range(2):
+            assert torch.equal(crepe_viterbi(obs), want)
+    with pytest.raises(ValueError, match="finite and within"):
+        crepe_viterbi(torch.full((5, 360), float("nan")))
 
 
 @pytest.mark.parametrize(("batch", "n_frames", "seg"), [(1, 50, 7), (1, 43, 7), (6, 40, 2), (2, 300, 9)])

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 from audiolab.audio.pitch_grid import bin_cents, hz_to_cents
-from audiolab.pitch.viterbi import crepe_transition
-from audiolab.pitch.viterbi import viterbi as viterbi_path
+from audiolab.pitch.viterbi import crepe_viterbi
 
 
 def local_average(activations: torch.Tensor, center: torch.Tensor, window: int = 4) -> torch.Tensor:
@@ -60,8 +59,7 @@ def viterbi_bins(activations: torch.Tensor) -> torch.Tensor:
     """Bins of the most likely path through activations ``(..., frames, bins)`` under
     CREPE's transition (:func:`~audiolab.pitch.viterbi.crepe_transition`) and the
     observation model of :func:`observation_probabilities`."""
-    transition = crepe_transition(activations.shape[-1], device=activations.device)
-    return viterbi_path(observation_probabilities(activations.float()), transition)
+    return crepe_viterbi(observation_probabilities(activations.float()))
 
 
 def viterbi(activations: torch.Tensor, window: int = 4) -> torch.Tensor:

@@ -61,23 +61,47 @@ def _bandwidth(transition: torch.Tensor) -> int:
     return int((i - j).abs().max()) if i.numel() else 0
 
 
-def _check(observations: torch.Tensor, transition: torch.Tensor, initial: torch.Tensor | None) -> None:
+def _check_observations(observations: torch.Tensor) -> None:
     if observations.dim() < 2 or observations.shape[-2] < 1 or not observations.dtype.is_floating_point:
         raise ValueError(
             "viterbi takes floating-point observations of shape (..., frames, states), got "
             f"{observations.dtype} of shape {tuple(observations.shape)}"
         )
-    n = observations.shape[-1]
+    low, high = torch.aminmax(observations)  # NaN when any is: the test below fails then
+    if not (bool(low >= 0) and bool(high <= 1)):
+        raise ValueError("observation probabilities must be finite and within [0, 1]")
+
+
+def _check_model(n: int, transition: torch.Tensor, initial: torch.Tensor | None) -> None:
     if transition.shape != (n, n):
         raise ValueError(f"the transition matrix must be ({n}, {n}) for {n} states, got {tuple(transition.shape)}")
     rows = transition.sum(dim=1)
     if (transition < 0).any() or not torch.allclose(rows, torch.ones_like(rows)):
         raise ValueError("the transition matrix must be non-negative with rows that sum to 1")
-    low, high = torch.aminmax(observations)  # NaN when any is: the test below fails then
-    if not (bool(low >= 0) and bool(high <= 1)):
-        raise ValueError("observation probabilities must be finite and within [0, 1]")
     if initial is not None and initial.shape != (n,):
         raise ValueError(f"the initial distribution must have shape ({n},), got {tuple(initial.shape)}")
+
+
+def _band(transition: torch.Tensor, dtype: torch.dtype, device: torch.device, tiny: float) -> torch.Tensor:
+    """The transition as a band ``(2 reach + 1, states)``: ``band[d, j]`` is log p(source
+    ``j + d - reach`` -> target ``j``), -inf outside the matrix or the band."""
+    n_states = transition.shape[0]
+    reach = _bandwidth(transition)
+    states = torch.arange(n_states, device=device)
+    offsets = torch.arange(-reach, reach + 1, device=device)
+    source = offsets[:, None] + states[None, :]
+    inside = (source >= 0) & (source < n_states)
+    log_trans = torch.log(transition.to(device, dtype) + tiny)
+    return torch.where(inside, log_trans[source.clamp(0, n_states - 1), states[None, :]], -torch.inf)
+
+
+@functools.lru_cache(maxsize=8)
+def _crepe_model(n_bins: int, device: torch.device, tiny: float) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """CREPE's band (float64), its transpose on the host and the uniform log-initial
+    distribution, as :func:`viterbi` builds them. Shared: never modified."""
+    band = _band(crepe_transition(n_bins, device=device), torch.float64, device, tiny)
+    log_init = torch.log(torch.full((n_bins,), 1.0 / n_bins, dtype=torch.float64, device=device) + tiny)
+    return band, band.T.contiguous().cpu().numpy(), log_init
 
 
 def viterbi(
@@ -107,26 +131,37 @@ def viterbi(
         the forward time. On an accelerator they are copied to the host for the
         back-tracking.
     """
-    _check(observations, transition, initial)
-    lead, (n_frames, n_states) = observations.shape[:-2], observations.shape[-2:]
+    n_states = observations.shape[-1]
+    _check_observations(observations)
+    _check_model(n_states, transition, initial)
     device = observations.device
-    obs = observations.reshape(-1, n_frames, n_states)
-    tiny = torch.finfo(obs.dtype).tiny
-
-    reach = _bandwidth(transition)
-    states = torch.arange(n_states, device=device)
-    offsets = torch.arange(-reach, reach + 1, device=device)
-    # band[d, j]: log p(source j + d - reach -> target j); -inf outside the matrix or band
-    source = offsets[:, None] + states[None, :]
-    inside = (source >= 0) & (source < n_states)
-    log_trans = torch.log(transition.to(device, dtype) + tiny)
-    band = torch.where(inside, log_trans[source.clamp(0, n_states - 1), states[None, :]], -torch.inf)
+    tiny = torch.finfo(observations.dtype).tiny
+    band = _band(transition, dtype, device, tiny)
     if initial is None:
         initial = torch.full((n_states,), 1.0 / n_states, dtype=dtype, device=device)
     log_init = torch.log(initial.to(device, dtype) + tiny)
+    return _decode(observations, band, band.T.contiguous().cpu().numpy(), log_init)
 
+
+def crepe_viterbi(observations: torch.Tensor) -> torch.Tensor:
+    """:func:`viterbi` under CREPE's transition (:func:`crepe_transition`) with a uniform
+    initial distribution and float64 scores: the same path, without building and checking
+    the transition on every call (it is prepared once per state count and device)."""
+    _check_observations(observations)
+    tiny = torch.finfo(observations.dtype).tiny
+    return _decode(observations, *_crepe_model(observations.shape[-1], observations.device, tiny))
+
+
+def _decode(observations: torch.Tensor, band: torch.Tensor, band_host: np.ndarray, log_init: torch.Tensor) -> torch.Tensor:
+    """The path through checked ``observations (..., frames, states)`` under a band of
+    log-transitions (``band_host``: its transpose as a numpy array, for the back-tracking),
+    starting from the log-distribution ``log_init``."""
+    lead, (n_frames, n_states) = observations.shape[:-2], observations.shape[-2:]
+    device, dtype = observations.device, band.dtype
+    obs = observations.reshape(-1, n_frames, n_states)
+    tiny = torch.finfo(obs.dtype).tiny
+    reach = band.shape[0] // 2
     batch, padded = obs.shape[0], n_states + 2 * reach
-    band_host = band.T.contiguous().cpu().numpy()
     # frames whose scores are held at once; longer inputs are decoded in segments
     seg = max(2, _SCORES_BYTES // (batch * padded * band.element_size()))
     # no autograd bookkeeping in the loop: a tenth of the time of each small operation
