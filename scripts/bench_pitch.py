@@ -98,6 +98,7 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchaudio  # noqa: E402
+from shared_data import shared_data  # noqa: E402 (scripts/shared_data.py)
 
 from audiolab.audio.io import read_audio  # noqa: E402
 from audiolab.audio.pitch_grid import hz_to_cents  # noqa: E402
@@ -114,14 +115,6 @@ METRICS = ("rpa", "rca", "voicing_recall", "voicing_false_alarm", "overall_accur
 METRIC_HEADERS = ("RPA", "RCA", "VR", "VFA", "OA")
 CACHE = Path(__file__).resolve().parents[1] / "outputs" / "bench_pitch_cache"
 INSTALL_HINT = "pip install -e .[bench] / make install-bench"
-
-
-def shared_data() -> Path:
-    env = os.environ.get("AUDIOLAB_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not path.is_dir():
-        raise SystemExit(f"shared data not found at {path}: set AUDIOLAB_SHARED_DATA")
-    return path
 
 
 def benchmark_audio(seconds: float) -> torch.Tensor:

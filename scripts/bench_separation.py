@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import shared_data  # scripts/shared_data.py
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ["tfc_tdf", "tfc_tdf_ismir2020", "tfc_tdf_keras", "spleeter", "spleeter_4stems"]
@@ -333,17 +334,6 @@ PREVIEW = ("musdb18-sample", "train", "Music Delta - 80s Rock.stem.mp4")
 STEMS = ["vocals", "drums", "bass", "other"]
 
 
-def shared_data(*parts: str) -> Path:
-    """A file of the shared data folder (``AUDIOLAB_SHARED_DATA`` or ``../shared/data``)."""
-    root = Path(os.environ.get("AUDIOLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-    path = root.joinpath(*parts)
-    if not path.exists():
-        raise SystemExit(
-            f"error: {path} not found; set AUDIOLAB_SHARED_DATA to the shared data folder"
-        )
-    return path
-
-
 def data_module(overrides: list[str]):
     """The MUSDB DataModule of ``data=...`` overrides, 4 stems, data prepared."""
     import hydra
@@ -357,11 +347,8 @@ def data_module(overrides: list[str]):
 
 
 def train_data_models(args, out_dir: Path) -> dict[str, str]:
-    """Train ``experiment=separation_<set>`` for every set at once, one thread each, for
-    ``--data-minutes`` of wall time; returns {set: best checkpoint}."""
-    for name in args.data_sets:
-        print(f"preparing data={name} ...", flush=True)
-        data_module([f"data={name}"])
+    """Train ``experiment=separation_<set>`` for every set at once (their data prepared),
+    one thread each, for ``--data-minutes`` of wall time; returns {set: best checkpoint}."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = {}
     for name in args.data_sets:
@@ -405,12 +392,21 @@ def section_data(args) -> None:
     from audiolab.utils.checkpoint import load_module
 
     preview_file = shared_data(*PREVIEW)
+    given = args.data_ckpts.split(",") if args.data_ckpts else None
+    if given is not None and len(given) != len(args.data_sets):
+        raise SystemExit(
+            f"error: --data-ckpts gives {len(given)} checkpoints for {len(args.data_sets)} "
+            "--data-sets: pass one per set, in the same order"
+        )
     out_dir = Path(args.out) / "data"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.data_ckpts:
-        ckpts = dict(zip(args.data_sets, args.data_ckpts.split(","), strict=True))
-    else:
-        ckpts = train_data_models(args, out_dir)
+    datamodules = {}
+    for name in args.data_sets:
+        print(f"preparing data={name} ...", flush=True)
+        datamodules[name] = data_module([f"data={name}"])
+    ckpts = (
+        dict(zip(args.data_sets, given, strict=True)) if given else train_data_models(args, out_dir)
+    )
     preview = data_module(
         [
             "data=musdb",
@@ -419,7 +415,7 @@ def section_data(args) -> None:
             "data.splits.test.subsets=train",
         ]
     ).full_tracks("test")[0]
-    test_sets = {name: data_module([f"data={name}"]).full_tracks("test") for name in args.data_sets}
+    test_sets = {name: datamodule.full_tracks("test") for name, datamodule in datamodules.items()}
 
     def row(label: str, values: torch.Tensor) -> str:
         return (
