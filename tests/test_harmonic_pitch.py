@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audiolab.audio.pitch_grid import bin_cents
-from audiolab.nets.harmonic_pitch import HarmonicPitchNet
+from audiolab.nets.harmonic_pitch import HarmonicPitchNet, conv1d_as_matmul
 
 
 def tone(f0: float, partials: int = 1, n: int = 1024, rate: int = 16000) -> torch.Tensor:
@@ -77,6 +77,28 @@ def test_eval_mode_folds_batch_norm_into_the_convolutions():
             h = torch.relu(block.norm(block.conv(h)))
         unfused = net.head(h).reshape(32, 360)
     assert torch.allclose(fused, unfused, atol=1e-4), (fused - unfused).abs().max()
+
+
+@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 1), (1, 4), (2, 8)])
+def test_conv1d_as_matmul_is_conv1d(stride, dilation):
+    x, weight, bias = torch.randn(3, 5, 64), torch.randn(7, 5, 5), torch.randn(7)
+    padding = 2 * dilation
+    expected = torch.nn.functional.conv1d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    got = conv1d_as_matmul(x, weight, bias, stride, padding, dilation)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_frames_are_normalised_by_their_standard_deviation():
+    """The stack's level normalisation is ``std`` (n - 1), computed from the norm."""
+    net = HarmonicPitchNet()
+    frames = torch.randn(4, 1024) * torch.tensor([[0.01], [1.0], [3.0], [100.0]]) + 0.5
+    x = frames - frames.mean(dim=-1, keepdim=True)
+    x = x / x.std(dim=-1, keepdim=True)
+    spectrum = torch.fft.rfft(x * net.window, n=net.n_fft).abs()
+    db = 20.0 * torch.log10(spectrum.clamp_min(1e-8))
+    db = torch.maximum(db, db.amax(dim=-1, keepdim=True) - net.floor_db)
+    expected = torch.lerp(db[:, net.lower], db[:, net.upper], net.weight).reshape(4, -1, 360)
+    assert torch.allclose(net.stack(frames), expected, atol=1e-3)
 
 
 def test_bin_stride_orders_the_head_outputs_by_bin_and_halves_the_cost():

@@ -147,3 +147,32 @@ def test_file_helpers_name_the_bad_file(tmp_path):
         pitch.predict_files_to_files([tmp_path / "nope.wav"], [tmp_path / "x.csv"])
     with pytest.raises(AudiolabError, match="one output per input"):
         pitch.predict_files_to_files([bad], [])
+
+
+class ThreadsSeen(torch.nn.Module):
+    """A stand-in pitch network that records torch's thread count at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return torch.full((*frames.shape[:-1], 360), 0.5)
+
+
+def test_short_clips_run_on_one_thread_and_the_setting_is_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        net = ThreadsSeen()
+        short = 160 * (inference.PARALLEL_FRAMES - 2)  # PARALLEL_FRAMES - 1 frames
+        pitch.predict(torch.randn(short), 16000, model=net)
+        pitch.predict(torch.randn(short + 160), 16000, model=net)  # PARALLEL_FRAMES frames
+        assert net.seen == [1, 2]
+        assert torch.get_num_threads() == 2
+        stream = pitch.PitchStream(16000, model=net, decoder="weighted_argmax")
+        stream.push(torch.randn(16000), 16000)  # 100 final frames at once
+        assert net.seen[-1] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ them, so memory for frames does not grow with the length of the input.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,8 +33,13 @@ from audiolab.pitch.pretrained import (
 )
 from audiolab.utils.atomic import atomic_write
 from audiolab.utils.errors import AudiolabError
+from audiolab.utils.threads import at_most_threads
 
 FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
+# Fewer frames than this (1.28 s at the 10-ms hop) run through the network on one CPU
+# thread: for a short clip a second thread costs about half again the CPU time and saves
+# little or no wall time (measured with the `fast` model, scripts/bench_pitch.py).
+PARALLEL_FRAMES = 128
 
 
 class PitchInputError(AudiolabError):
@@ -129,11 +135,19 @@ def _frame_batches(audio: torch.Tensor, hop_length: int, batch_size: int, device
         yield frames[:, start : start + step].to(device)
 
 
+def threads_for(n_frames: int, device: torch.device) -> contextlib.AbstractContextManager:
+    """One CPU thread for fewer than :data:`PARALLEL_FRAMES` frames (see the constant);
+    the process's threads otherwise, and on accelerators."""
+    if torch.device(device).type == "cpu" and n_frames < PARALLEL_FRAMES:
+        return at_most_threads(1)
+    return contextlib.nullcontext()
+
+
 def _run(net: nn.Module, fn, audio: torch.Tensor, hop_length: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Network outputs for every frame ``(batch, frames, ...)`` and which frames are
     constant (digital silence or DC, where the network's output means nothing)."""
     outputs, constant = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), threads_for(audio.shape[0] * (1 + audio.shape[-1] // hop_length), device):
         for frames in _frame_batches(audio, hop_length, batch_size, device):
             outputs.append(fn(frames))
             constant.append(frames.amax(dim=-1) == frames.amin(dim=-1))

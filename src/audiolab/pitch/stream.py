@@ -26,7 +26,14 @@ from torchaudio.functional.functional import _get_sinc_resample_kernel
 
 from audiolab.audio.pitch_grid import FRAME_LENGTH, HOP_LENGTH, N_BINS, SAMPLE_RATE, cents_to_hz
 from audiolab.pitch.decode import check_decoder, limit_range
-from audiolab.pitch.inference import FMAX, FMIN, PitchInputError, decode_activations, load_model
+from audiolab.pitch.inference import (
+    FMAX,
+    FMIN,
+    PitchInputError,
+    decode_activations,
+    load_model,
+    threads_for,
+)
 from audiolab.pitch.postprocess import a_weighted_loudness, silence_gate
 
 PER_FRAME_DECODERS = ("weighted_argmax", "argmax")
@@ -289,7 +296,7 @@ class PitchStream:
             return self._empty()
         frames = self._audio[lead:].unfold(0, FRAME_LENGTH, hop)[:n_frames]
         act, constant = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), threads_for(n_frames, self.device):
             for batch in frames.split(self.batch_size):
                 act.append(self.net(batch))
                 constant.append(batch.amax(dim=-1) == batch.amin(dim=-1))

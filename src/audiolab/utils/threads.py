@@ -1,6 +1,9 @@
-"""Thread pools of worker processes."""
+"""Thread pools of worker processes, and of small work."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -31,3 +34,21 @@ def one_thread_worker(worker_id: int) -> None:
     """``worker_init_fn`` of DataLoaders: one thread per loader worker, so that workers x
     threads never oversubscribe the cores."""
     limit_threads(1)
+
+
+@contextlib.contextmanager
+def at_most_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads capped at ``n`` inside the block, restored after it. For
+    work made of many small operations (a few dozen frames through a small network), where
+    waking and joining a second thread for every operation costs more CPU than it saves
+    wall time. The setting is the process's: other Python threads running torch at the
+    same time see the cap too."""
+    before = torch.get_num_threads()
+    if n >= before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
