@@ -161,18 +161,29 @@ class ThreadsSeen(torch.nn.Module):
         return torch.full((*frames.shape[:-1], 360), 0.5)
 
 
-def test_short_clips_run_on_one_thread_and_the_setting_is_restored():
+class SmallThreadsSeen(ThreadsSeen):
+    """The same, reporting its cost per frame as HarmonicPitchNet does."""
+
+    def macs_per_frame(self) -> int:
+        return 500_000
+
+
+def test_small_work_runs_on_one_thread_and_the_setting_is_restored():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        net = ThreadsSeen()
-        short = 160 * (inference.PARALLEL_FRAMES - 2)  # PARALLEL_FRAMES - 1 frames
+        net = SmallThreadsSeen()
+        frames = inference.PARALLEL_MACS // net.macs_per_frame()  # the first that keep 2 threads
+        short = 160 * (frames - 2)  # frames - 1 frames
         pitch.predict(torch.randn(short), 16000, model=net)
-        pitch.predict(torch.randn(short + 160), 16000, model=net)  # PARALLEL_FRAMES frames
+        pitch.predict(torch.randn(short + 160), 16000, model=net)
         assert net.seen == [1, 2]
         assert torch.get_num_threads() == 2
         stream = pitch.PitchStream(16000, model=net, decoder="weighted_argmax")
         stream.push(torch.randn(16000), 16000)  # 100 final frames at once
         assert net.seen[-1] == 1 and torch.get_num_threads() == 2
+        unknown = ThreadsSeen()  # a network that does not report its cost keeps its threads
+        pitch.predict(torch.randn(1600), 16000, model=unknown)
+        assert unknown.seen == [2]
     finally:
         torch.set_num_threads(before)

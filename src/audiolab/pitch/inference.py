@@ -36,10 +36,11 @@ from audiolab.utils.errors import AudiolabError
 from audiolab.utils.threads import at_most_threads
 
 FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
-# Fewer frames than this (1.28 s at the 10-ms hop) run through the network on one CPU
-# thread: for a short clip a second thread costs about half again the CPU time and saves
-# little or no wall time (measured with the `fast` model, scripts/bench_pitch.py).
-PARALLEL_FRAMES = 128
+# Less work than this (multiply-adds of the network; 128 frames, 1.28 s at the 10-ms hop,
+# of the `fast` model) runs on one CPU thread: a second thread then costs about half again
+# the CPU time and saves little or no wall time (measured with `fast`,
+# scripts/bench_pitch.py). CREPE's frames cost 20 to 1,300 times more: it keeps its threads.
+PARALLEL_MACS = 64_000_000
 
 
 class PitchInputError(AudiolabError):
@@ -135,10 +136,12 @@ def _frame_batches(audio: torch.Tensor, hop_length: int, batch_size: int, device
         yield frames[:, start : start + step].to(device)
 
 
-def threads_for(n_frames: int, device: torch.device) -> contextlib.AbstractContextManager:
-    """One CPU thread for fewer than :data:`PARALLEL_FRAMES` frames (see the constant);
-    the process's threads otherwise, and on accelerators."""
-    if torch.device(device).type == "cpu" and n_frames < PARALLEL_FRAMES:
+def threads_for(net: nn.Module, n_frames: int, device: torch.device) -> contextlib.AbstractContextManager:
+    """One CPU thread for ``n_frames`` of a network that reports its cost per frame
+    (``macs_per_frame()``) when they cost less than :data:`PARALLEL_MACS`; the process's
+    threads otherwise, and on accelerators."""
+    cost = getattr(net, "macs_per_frame", None)
+    if torch.device(device).type == "cpu" and cost is not None and n_frames * cost() < PARALLEL_MACS:
         return at_most_threads(1)
     return contextlib.nullcontext()
 
@@ -147,7 +150,7 @@ def _run(net: nn.Module, fn, audio: torch.Tensor, hop_length: int, batch_size: i
     """Network outputs for every frame ``(batch, frames, ...)`` and which frames are
     constant (digital silence or DC, where the network's output means nothing)."""
     outputs, constant = [], []
-    with torch.inference_mode(), threads_for(audio.shape[0] * (1 + audio.shape[-1] // hop_length), device):
+    with torch.inference_mode(), threads_for(net, audio.shape[0] * (1 + audio.shape[-1] // hop_length), device):
         for frames in _frame_batches(audio, hop_length, batch_size, device):
             outputs.append(fn(frames))
             constant.append(frames.amax(dim=-1) == frames.amin(dim=-1))

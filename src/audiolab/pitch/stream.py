@@ -296,7 +296,7 @@ class PitchStream:
             return self._empty()
         frames = self._audio[lead:].unfold(0, FRAME_LENGTH, hop)[:n_frames]
         act, constant = [], []
-        with torch.inference_mode(), threads_for(n_frames, self.device):
+        with torch.inference_mode(), threads_for(self.net, n_frames, self.device):
             for batch in frames.split(self.batch_size):
                 act.append(self.net(batch))
                 constant.append(batch.amax(dim=-1) == batch.amin(dim=-1))
