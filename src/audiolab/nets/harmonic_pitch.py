@@ -164,8 +164,8 @@ class ConvBNReLU(nn.Module):
 def conv1d_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int, dilation: int) -> torch.Tensor:
     """``conv1d(x, weight, bias, stride, padding, dilation)`` for ``x (batch, c_in, length)``
     as one matrix product: the taps each output position reads are gathered into
-    ``(batch, c_in * kernel, positions)`` first. With a dozen channels this takes half the
-    time of oneDNN's convolution on a CPU, a third with dilation."""
+    ``(batch, c_in * kernel, positions)`` first. With a dozen channels on a CPU this takes
+    0.8 times the time of oneDNN's convolution, under half with dilation 8."""
     c_out, c_in, kernel = weight.shape
     span = dilation * (kernel - 1) + 1
     taps = nn.functional.pad(x, (padding, padding)).unfold(-1, span, stride)[..., ::dilation]  # (batch, c_in, positions, kernel)

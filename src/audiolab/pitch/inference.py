@@ -39,7 +39,7 @@ FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
 # Less work than this (multiply-adds of the network; 128 frames, 1.28 s at the 10-ms hop,
 # of the `fast` model) runs on one CPU thread: a second thread then costs about half again
 # the CPU time and saves little or no wall time (measured with `fast`,
-# scripts/bench_pitch.py). CREPE's frames cost 20 to 1,300 times more: it keeps its threads.
+# scripts/bench_pitch.py). One frame of CREPE tiny costs 80 of `fast`: CREPE keeps its threads.
 PARALLEL_MACS = 64_000_000
 
 
