@@ -463,6 +463,31 @@ def _run(task, tool: str, overrides: list[str], run_dir: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
+def test_predict_records_name_the_shipped_weights(tmp_path, capsys, caplog):
+    """Outputs of the shipped `fast` model written with other weights (an earlier release)
+    are kept with a warning, as for any other setting."""
+    import json
+
+    from audiolab.pitch.pretrained import shipped_weights_digest
+    from audiolab.tasks.predict import predict_files
+
+    inputs = tmp_path / "in"
+    write_good(inputs)
+    out = tmp_path / "out"
+    base = [f"input={inputs}", f"output={out}", "device=cpu", "plot=false", "ckpt=fast"]
+    _run(predict_files, "predict", base, tmp_path / "r1", capsys)
+    record_path = out / "a" / "x.settings.json"
+    record = json.loads(record_path.read_text())
+    assert record["settings"]["model"] == "fast"
+    assert record["settings"]["model_weights"] == shipped_weights_digest("fast")
+    record["settings"]["model_weights"] = "0123456789abcdef"  # as if written by other weights
+    record_path.write_text(json.dumps(record))
+    caplog.clear()
+    stdout = _run(predict_files, "predict", base, tmp_path / "r2", capsys)
+    assert "(0 written, 2 kept, 0 failed)" in stdout
+    assert 'kept 1 file whose outputs were written with other settings (model_weights was "0123456789abcdef"' in caplog.text
+
+
 def test_predict_rerun_with_other_settings_keeps_and_says_so(tmp_path, capsys, caplog):
     from audiolab.tasks.predict import predict_files
 

@@ -20,6 +20,7 @@ time-major, as ours is, so the dense layer maps unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -52,6 +53,15 @@ def shipped_model(name: str) -> HarmonicPitchNet:
             f"({type(exc).__name__}: {exc}): reinstall audiolab (make install)"
         ) from None
     return net.eval()
+
+
+def shipped_weights_digest(name: str) -> str:
+    """The first 16 hex digits of the SHA-256 of shipped model ``name``'s weights file:
+    settings records carry it, so outputs of weights shipped by another release count as
+    written with other settings."""
+    if name not in SHIPPED:
+        raise AudiolabError(f"unknown audiolab pitch model {name!r}: audiolab ships {', '.join(SHIPPED)}")
+    return hashlib.sha256((WEIGHTS_DIR / f"{name}.pt").read_bytes()).hexdigest()[:16]
 
 
 def _check_name(name: str) -> None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from audiolab.pitch.decode import DECODERS
 from audiolab.pitch.inference import load_model, write_pitch_files
+from audiolab.pitch.pretrained import SHIPPED, shipped_weights_digest
 from audiolab.utils.devices import resolve_device
 from audiolab.utils.errors import AudiolabError
 from audiolab.utils.file_jobs import (
@@ -68,6 +69,8 @@ def predict_files(cfg: DictConfig) -> tuple[dict, dict]:
     # what shapes the outputs (not batch_size or device, which only change the speed)
     settings = {
         **model_identity(cfg.ckpt),
+        # a shipped model by its weights too: outputs of an earlier release's weights are stale
+        **({"model_weights": shipped_weights_digest(str(cfg.ckpt))} if str(cfg.ckpt) in SHIPPED else {}),
         "decoder": cfg.decoder,
         "hop_length": cfg.hop_length,
         "fmin": cfg.fmin,
