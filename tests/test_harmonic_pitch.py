@@ -79,10 +79,10 @@ def test_eval_mode_folds_batch_norm_into_the_convolutions():
     assert torch.allclose(fused, unfused, atol=1e-4), (fused - unfused).abs().max()
 
 
-@pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 1), (1, 4), (2, 8)])
-def test_conv1d_as_matmul_is_conv1d(stride, dilation):
-    x, weight, bias = torch.randn(3, 5, 64), torch.randn(7, 5, 5), torch.randn(7)
-    padding = 2 * dilation
+@pytest.mark.parametrize(("stride", "dilation", "kernel"), [(1, 1, 5), (2, 1, 5), (1, 4, 5), (2, 8, 5), (1, 1, 1), (3, 2, 3), (2, 3, 7)])
+def test_conv1d_as_matmul_is_conv1d(stride, dilation, kernel):
+    x, weight, bias = torch.randn(3, 5, 64), torch.randn(7, 5, kernel), torch.randn(7)
+    padding = dilation * (kernel // 2)
     expected = torch.nn.functional.conv1d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
     got = conv1d_as_matmul(x, weight, bias, stride, padding, dilation)
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)

@@ -160,6 +160,9 @@ class ThreadsSeen(torch.nn.Module):
         self.seen.append(torch.get_num_threads())
         return torch.full((*frames.shape[:-1], 360), 0.5)
 
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        return self(frames)
+
 
 class SmallThreadsSeen(ThreadsSeen):
     """The same, reporting its cost per frame as HarmonicPitchNet does."""
@@ -187,3 +190,28 @@ def test_small_work_runs_on_one_thread_and_the_setting_is_restored():
         assert unknown.seen == [2]
     finally:
         torch.set_num_threads(before)
+
+
+class Failing(SmallThreadsSeen):
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        super().forward(frames)
+        raise RuntimeError("boom")
+
+
+def test_the_thread_setting_is_restored_when_the_network_fails():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        net = Failing()
+        with pytest.raises(RuntimeError, match="boom"):
+            pitch.embed(torch.randn(1600), 16000, model=net)
+        assert net.seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("hop_length", [0, -160])
+def test_a_bad_hop_is_refused_before_any_work(hop_length):
+    for fn in (pitch.predict, pitch.embed):
+        with pytest.raises(PitchInputError, match="hop_length must be a positive number"):
+            fn(torch.randn(1600), 16000, hop_length, model=SmallThreadsSeen())

@@ -161,3 +161,15 @@ def test_fast_tracks_the_excerpt_and_calls_silence_unvoiced(excerpt_16k):
     _, silent = predict(torch.zeros(16000), 16000, model="fast")
     _, noisy = predict(0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0)), 16000, model="fast")
     assert (silent == 0).all() and (noisy < 0.5).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("f0", [110.0, 220.0, 440.0, 1000.0])
+def test_fast_calls_pure_sines_voiced_and_in_tune(f0):
+    """A lone partial is a pitch: the recipe renders a fifth of its tones as pure sines."""
+    from audiolab.pitch import predict
+
+    t = torch.arange(16000) / 16000
+    hz, period = predict(0.1 * torch.sin(2 * torch.pi * f0 * t), 16000, model="fast")
+    inner = slice(10, -10)  # away from the zero padding at both ends
+    assert period[inner].median() >= 0.5
+    assert (1200 * torch.log2(hz[inner] / f0)).abs().median() < 10

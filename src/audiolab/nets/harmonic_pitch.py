@@ -114,8 +114,8 @@ class HarmonicPitchNet(nn.Module):
             raise ValueError(f"HarmonicPitchNet takes frames of {FRAME_LENGTH} samples at {SAMPLE_RATE} Hz, got shape {tuple(frames.shape)}")
         x = frames.reshape(-1, FRAME_LENGTH)
         x = x - x.mean(dim=-1, keepdim=True)
-        # the standard deviation (n - 1 in the denominator) from the norm: same value, a
-        # thirtieth of the time of ``std`` on a few frames
+        # the standard deviation (n - 1 in the denominator) from the norm: the same value,
+        # in a thirtieth of the time of ``std`` on 45 frames (measured on a CPU)
         x = x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) / math.sqrt(FRAME_LENGTH - 1)).clamp_min(1e-10)
         spectrum = torch.fft.rfft(x * self.window, n=self.n_fft).abs()
         db = 20.0 * torch.log10(spectrum.clamp_min(1e-8))
@@ -143,7 +143,7 @@ class HarmonicPitchNet(nn.Module):
 
 class ConvBNReLU(nn.Module):
     """Same-size convolution over the bins, batch norm, ReLU. In eval mode the batch norm is
-    folded into the convolution's weights (one operation instead of two), and the
+    folded into the convolution's weights (one operation instead of two), and on a CPU the
     convolution is one matrix product over the gathered taps (:func:`conv1d_as_matmul`)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, stride: int = 1) -> None:
@@ -157,7 +157,11 @@ class ConvBNReLU(nn.Module):
         scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
         weight = self.conv.weight * scale[:, None, None]
         bias = (self.conv.bias - self.norm.running_mean) * scale + self.norm.bias
-        x = conv1d_as_matmul(x, weight, bias, self.conv.stride[0], self.conv.padding[0], self.conv.dilation[0])
+        stride, padding, dilation = self.conv.stride[0], self.conv.padding[0], self.conv.dilation[0]
+        if x.device.type == "cpu":
+            x = conv1d_as_matmul(x, weight, bias, stride, padding, dilation)
+        else:  # the matmul was measured faster on CPUs only
+            x = nn.functional.conv1d(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
         return torch.relu_(x)
 
 

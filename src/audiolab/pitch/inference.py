@@ -36,10 +36,11 @@ from audiolab.utils.errors import AudiolabError
 from audiolab.utils.threads import at_most_threads
 
 FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
-# Less work than this (multiply-adds of the network; 128 frames, 1.28 s at the 10-ms hop,
-# of the `fast` model) runs on one CPU thread: a second thread then costs about half again
-# the CPU time and saves little or no wall time (measured with `fast`,
-# scripts/bench_pitch.py). One frame of CREPE tiny costs 80 of `fast`: CREPE keeps its threads.
+# A call of a network that reports its cost (`macs_per_frame()`, as HarmonicPitchNet does)
+# under this many multiply-adds (128 frames, 1.28 s at the 10-ms hop, of the `fast` model)
+# runs the network on one CPU thread: a second thread then costs about half again the CPU
+# time and saves little or no wall time (measured with `fast`, scripts/bench_pitch.py).
+# CREPE reports no cost and keeps the process's threads.
 PARALLEL_MACS = 64_000_000
 
 
@@ -127,11 +128,11 @@ def frame_audio(audio: torch.Tensor, hop_length: int = HOP_LENGTH) -> torch.Tens
     return torch.nn.functional.pad(audio, (half, half)).unfold(-1, FRAME_LENGTH, hop_length)
 
 
-def _frame_batches(audio: torch.Tensor, hop_length: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Centred frames ``(batch, k, 1024)`` on ``device``, ``k`` frames at a time; the
-    frames of all clips in one step count towards ``batch_size``."""
-    frames = frame_audio(audio, hop_length)
-    step = max(1, batch_size // audio.shape[0])
+def _frame_batches(frames: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Frames ``(batch, n, 1024)`` (:func:`frame_audio`) on ``device``, ``k`` frames of
+    every clip at a time; the frames of all clips in one step count towards
+    ``batch_size``."""
+    step = max(1, batch_size // frames.shape[0])
     for start in range(0, frames.shape[1], step):
         yield frames[:, start : start + step].to(device)
 
@@ -150,8 +151,9 @@ def _run(net: nn.Module, fn, audio: torch.Tensor, hop_length: int, batch_size: i
     """Network outputs for every frame ``(batch, frames, ...)`` and which frames are
     constant (digital silence or DC, where the network's output means nothing)."""
     outputs, constant = [], []
-    with torch.inference_mode(), threads_for(net, audio.shape[0] * (1 + audio.shape[-1] // hop_length), device):
-        for frames in _frame_batches(audio, hop_length, batch_size, device):
+    all_frames = frame_audio(audio, hop_length)  # checks hop_length; a view of the padded audio
+    with torch.inference_mode(), threads_for(net, all_frames.shape[0] * all_frames.shape[1], device):
+        for frames in _frame_batches(all_frames, batch_size, device):
             outputs.append(fn(frames))
             constant.append(frames.amax(dim=-1) == frames.amin(dim=-1))
     return torch.cat(outputs, dim=1), torch.cat(constant, dim=1)

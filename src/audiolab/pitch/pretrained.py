@@ -57,8 +57,8 @@ def shipped_model(name: str) -> HarmonicPitchNet:
 
 def shipped_weights_digest(name: str) -> str:
     """The first 16 hex digits of the SHA-256 of shipped model ``name``'s weights file:
-    settings records carry it, so outputs of weights shipped by another release count as
-    written with other settings."""
+    settings records carry it, so outputs of the weights another version of audiolab
+    shipped count as written with other settings."""
     if name not in SHIPPED:
         raise AudiolabError(f"unknown audiolab pitch model {name!r}: audiolab ships {', '.join(SHIPPED)}")
     return hashlib.sha256((WEIGHTS_DIR / f"{name}.pt").read_bytes()).hexdigest()[:16]

@@ -69,14 +69,14 @@ def predict_files(cfg: DictConfig) -> tuple[dict, dict]:
     # what shapes the outputs (not batch_size or device, which only change the speed)
     settings = {
         **model_identity(cfg.ckpt),
-        # a shipped model by its weights too: outputs of an earlier release's weights are stale
-        **({"model_weights": shipped_weights_digest(str(cfg.ckpt))} if str(cfg.ckpt) in SHIPPED else {}),
         "decoder": cfg.decoder,
         "hop_length": cfg.hop_length,
         "fmin": cfg.fmin,
         "fmax": cfg.fmax,
         "silence_db": cfg.silence_db,
     }
+    if str(cfg.ckpt) in SHIPPED:  # by its weights too: outputs of other weights are stale
+        settings["model_weights"] = shipped_weights_digest(str(cfg.ckpt))
     if cfg.plot:
         settings["voicing_threshold"] = cfg.voicing_threshold
     predict_kwargs = {

@@ -38,11 +38,14 @@ def one_thread_worker(worker_id: int) -> None:
 
 @contextlib.contextmanager
 def at_most_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads capped at ``n`` inside the block, restored after it. For
-    work made of many small operations (a few dozen frames through a small network), where
-    waking and joining a second thread for every operation costs more CPU than it saves
-    wall time. The setting is the process's: other Python threads running torch at the
-    same time see the cap too."""
+    """torch's intra-op threads capped at ``n`` inside the block, restored after it (also
+    when the block raises). For work made of many small operations (a few dozen frames
+    through a small network), where waking and joining a second thread for every operation
+    costs more CPU than it saves wall time.
+
+    With torch's OpenMP builds the cap is the calling thread's; but a Python thread that
+    runs its first parallel torch operation while the cap is on may keep ``n`` threads
+    for good. Do not use it where several Python threads start torch work at once."""
     before = torch.get_num_threads()
     if n >= before:
         yield
