@@ -37,11 +37,16 @@ MODEL_NAMES = (*SHIPPED, *PRETRAINED)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def shipped_model(name: str) -> HarmonicPitchNet:
-    """audiolab's own pretrained pitch network ``name`` (package data), in eval mode."""
+def _shipped_files(name: str) -> tuple[Path, Path]:
+    """The card (``.json``) and weights (``.pt``) of shipped model ``name``."""
     if name not in SHIPPED:
         raise AudiolabError(f"unknown audiolab pitch model {name!r}: audiolab ships {', '.join(SHIPPED)}")
-    meta_path, weights_path = WEIGHTS_DIR / f"{name}.json", WEIGHTS_DIR / f"{name}.pt"
+    return WEIGHTS_DIR / f"{name}.json", WEIGHTS_DIR / f"{name}.pt"
+
+
+def shipped_model(name: str) -> HarmonicPitchNet:
+    """audiolab's own pretrained pitch network ``name`` (package data), in eval mode."""
+    meta_path, weights_path = _shipped_files(name)
     try:
         meta = json.loads(meta_path.read_text())
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -59,9 +64,7 @@ def shipped_weights_digest(name: str) -> str:
     """The first 16 hex digits of the SHA-256 of shipped model ``name``'s weights file:
     settings records carry it, so outputs of the weights another version of audiolab
     shipped count as written with other settings."""
-    if name not in SHIPPED:
-        raise AudiolabError(f"unknown audiolab pitch model {name!r}: audiolab ships {', '.join(SHIPPED)}")
-    return hashlib.sha256((WEIGHTS_DIR / f"{name}.pt").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(_shipped_files(name)[1].read_bytes()).hexdigest()[:16]
 
 
 def _check_name(name: str) -> None:
