@@ -60,7 +60,7 @@ anyone (``OMP_WAIT_POLICY=PASSIVE`` for OpenMP), which would count as CPU time.
 
     .venv/bin/python scripts/bench_pitch.py [--threads 2] [--sets synth mdb speech speech_noisy] \\
         [--models fast tiny full] [--ckpt outputs/<pitch run>/checkpoints/last.ckpt ...] \\
-        [--synth-clips 16] [--speech-clips 100] [--skip-pipeline] [--json outputs/bench_pitch.json]
+        [--synth-clips 16] [--speech-clips 300] [--skip-pipeline] [--json outputs/bench_pitch.json]
 """
 
 from __future__ import annotations
@@ -652,7 +652,8 @@ def main() -> None:
     g.add_argument("--pesto-threshold", type=float, default=0.5,
                    help="PESTO voicing: confidence >= this (default 0.5; its confidence depends on the level)")
     g.add_argument("--synth-clips", type=int, default=16, help="clips of the synthetic test set")
-    g.add_argument("--speech-clips", type=int, default=100, help="FSDD test recordings for the speech sets")
+    g.add_argument("--speech-clips", type=int, default=300,
+                   help="FSDD test recordings for the speech sets (300: the whole test split)")
     g.add_argument("--teacher", default="full", help="audiolab model that labels the speech sets (Viterbi, -60 dB gate)")
     g.add_argument("--seed", type=int, default=0, help="resynthesis and degradation draws; torch seed")
     g.add_argument("--stream-model", default="fast", help="the model of the streaming row (20-ms chunks)")
