@@ -49,6 +49,10 @@
                                  ``--pesto-threshold`` (0.5)
    librosa.pyin                  voiced_flag; ``fill_na=None`` keeps its guess on unvoiced frames
 
+   ``--speed-rounds N`` then times the first audiolab method and SwiftF0 N more times over
+   the same clips, alternating which goes first, and prints every round, its ratio and the
+   median ratio: one pass over short clips varies by about a fifth on a shared machine.
+
    The peers come with ``make install-bench`` (``pip install -e .[bench]``); a missing one,
    or an audiolab model that does not load, is a row saying why, never a crash.
 
@@ -60,7 +64,8 @@ anyone (``OMP_WAIT_POLICY=PASSIVE`` for OpenMP), which would count as CPU time.
 
     .venv/bin/python scripts/bench_pitch.py [--threads 2] [--sets synth mdb speech speech_noisy] \\
         [--models fast tiny full] [--ckpt outputs/<pitch run>/checkpoints/last.ckpt ...] \\
-        [--synth-clips 16] [--speech-clips 300] [--skip-pipeline] [--json outputs/bench_pitch.json]
+        [--synth-clips 16] [--speech-clips 300] [--speed-rounds 6] [--skip-pipeline] \\
+        [--json outputs/bench_pitch.json]
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ import io
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -529,6 +535,27 @@ def run_method(method: Method, sets: dict[str, list[Clip]], seed: int) -> Result
     return result
 
 
+def speed_rounds(pair: list[Method], clips: list[Clip], rounds: int) -> list[list[float]]:
+    """CPU seconds per second of audio of the two methods of ``pair`` over ``clips``, once
+    per round, the order swapped every round so that neither always runs first. One pass
+    over a few minutes of short clips varies by about a fifth between runs on a shared
+    machine; the rounds show that spread and give the ratio its median."""
+    tracks = [method.make() for method in pair]
+    seconds = sum(c.audio.numel() for c in clips) / RATE
+    for track in tracks:
+        track(clips[0].audio[:RATE])  # warm-up, not timed
+    out = []
+    for r in range(rounds):
+        cpu = [0.0, 0.0]
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            start = time.process_time()
+            for clip in clips:
+                tracks[i](clip.audio)
+            cpu[i] = (time.process_time() - start) / seconds
+        out.append(cpu)
+    return out
+
+
 def git_commit() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -574,6 +601,20 @@ def accuracy(args) -> None:
         for r in results
     ]
     print_table(("method", "CPU s / s", "wall s / s", "settings"), rows)
+    rounds = []
+    if args.speed_rounds:
+        every = methods(args)
+        pair = every[:1] + [m for m in every if m.name == "SwiftF0"]
+        done = {r.name: r.reason for r in results}
+        if len(pair) == 2 and all(done.get(m.name) is None for m in pair):
+            clips = [c for group in sets.values() for c in group]
+            rounds = speed_rounds(pair, clips, args.speed_rounds)
+            print(f"\nCPU s / s over the same {total:.1f} s in {len(rounds)} rounds, order swapped every round")
+            rows = [(str(i), f"{a:.4f}", f"{b:.4f}", f"{a / b:.2f}") for i, (a, b) in enumerate(rounds)]
+            rows.append(("median", "", "", f"{statistics.median(a / b for a, b in rounds):.2f}"))
+            print_table(("round", pair[0].name, pair[1].name, "ratio"), rows)
+        else:
+            print("\nSpeed rounds: need the first audiolab model and SwiftF0, both available")
     stream_row = streaming(sets, args.stream_model)
     if stream_row:
         print(f"\nStreaming ({args.stream_model}, weighted argmax, 20-ms chunks) over the same audio")
@@ -594,6 +635,8 @@ def accuracy(args) -> None:
                 for r in results
             ],
         }
+        if rounds:
+            figures["speed_rounds"] = {"methods": [m.name for m in pair], "cpu_s_per_s": rounds}
         if stream_row:
             figures["streaming"] = dict(zip(("name", "cpu_s_per_s", "times_real_time", "max_cents_to_offline"), stream_row, strict=True))
         args.header["accuracy"] = figures
@@ -656,6 +699,8 @@ def main() -> None:
                    help="FSDD test recordings for the speech sets (300: the whole test split)")
     g.add_argument("--teacher", default="full", help="audiolab model that labels the speech sets (Viterbi, -60 dB gate)")
     g.add_argument("--seed", type=int, default=0, help="resynthesis and degradation draws; torch seed")
+    g.add_argument("--speed-rounds", type=int, default=0,
+                   help="then time the first audiolab model against SwiftF0 this many more times, alternating")
     g.add_argument("--stream-model", default="fast", help="the model of the streaming row (20-ms chunks)")
     args = parser.parse_args()
 
