@@ -49,9 +49,10 @@
                                  ``--pesto-threshold`` (0.5)
    librosa.pyin                  voiced_flag; ``fill_na=None`` keeps its guess on unvoiced frames
 
-   ``--speed-rounds N`` then times the first audiolab method and SwiftF0 N more times over
-   the same clips, alternating which goes first, and prints every round, its ratio and the
-   median ratio: one pass over short clips varies by about a fifth on a shared machine.
+   ``--speed-rounds N`` then times the first audiolab method that ran and SwiftF0 N more
+   times over the same clips, alternating which goes first, and prints every round, its
+   ratio and the median ratio: on a shared machine one pass over short clips can differ
+   from the next by a fifth or more.
 
    The peers come with ``make install-bench`` (``pip install -e .[bench]``); a missing one,
    or an audiolab model that does not load, is a row saying why, never a crash.
@@ -64,7 +65,7 @@ anyone (``OMP_WAIT_POLICY=PASSIVE`` for OpenMP), which would count as CPU time.
 
     .venv/bin/python scripts/bench_pitch.py [--threads 2] [--sets synth mdb speech speech_noisy] \\
         [--models fast tiny full] [--ckpt outputs/<pitch run>/checkpoints/last.ckpt ...] \\
-        [--synth-clips 16] [--speech-clips 300] [--speed-rounds 6] [--skip-pipeline] \\
+        [--synth-clips 16] [--speech-clips 300] [--speed-rounds N] [--skip-pipeline] \\
         [--json outputs/bench_pitch.json]
 """
 
@@ -537,9 +538,9 @@ def run_method(method: Method, sets: dict[str, list[Clip]], seed: int) -> Result
 
 def speed_rounds(pair: list[Method], clips: list[Clip], rounds: int) -> list[list[float]]:
     """CPU seconds per second of audio of the two methods of ``pair`` over ``clips``, once
-    per round, the order swapped every round so that neither always runs first. One pass
-    over a few minutes of short clips varies by about a fifth between runs on a shared
-    machine; the rounds show that spread and give the ratio its median."""
+    per round, the order swapped every round so that neither always runs first (both have
+    run once already, so neither can fail to load here). The rounds show how much one pass
+    varies and give the ratio its median."""
     tracks = [method.make() for method in pair]
     seconds = sum(c.audio.numel() for c in clips) / RATE
     for track in tracks:
@@ -554,6 +555,30 @@ def speed_rounds(pair: list[Method], clips: list[Clip], rounds: int) -> list[lis
             cpu[i] = (time.process_time() - start) / seconds
         out.append(cpu)
     return out
+
+
+def report_speed_rounds(args, results: list[Result], sets: dict[str, list[Clip]], total: float) -> dict | None:
+    """``--speed-rounds``: the first audiolab method that ran against SwiftF0, printed and
+    returned for the JSON (``None``, with the reason printed, when either did not run)."""
+    ran = {r.name for r in results if r.reason is None}
+    every = methods(args)
+    ours = next((m for m in every if m.name.startswith("audiolab ") and m.name in ran), None)
+    peer = next((m for m in every if m.name == "SwiftF0" and m.name in ran), None)
+    if ours is None or peer is None:
+        missing = " and ".join(what for what, m in (("an audiolab model (--models, --ckpt)", ours), ("SwiftF0", peer)) if m is None)
+        print(f"\nSpeed rounds left out: {missing} did not run")
+        return None
+    rounds = speed_rounds([ours, peer], [c for group in sets.values() for c in group], args.speed_rounds)
+    ratios = [a / b for a, b in rounds]
+    median = statistics.median(ratios)
+    print(f"\nCPU s / s over the same {total:.1f} s in {len(rounds)} rounds, order swapped every round "
+          "(ratios from the unrounded times)")
+    rows = [(str(i), ours.name if i % 2 == 0 else peer.name, f"{a:.4f}", f"{b:.4f}", f"{q:.2f}")
+            for i, ((a, b), q) in enumerate(zip(rounds, ratios, strict=True))]
+    rows.append(("median", "", "", "", f"{median:.2f}"))
+    print_table(("round", "first", ours.name, peer.name, "ratio"), rows)
+    return {"methods": [ours.name, peer.name], "cpu_s_per_s": rounds, "ratios": ratios, "median_ratio": median,
+            "first": [ours.name if i % 2 == 0 else peer.name for i in range(len(rounds))]}
 
 
 def git_commit() -> str:
@@ -601,20 +626,7 @@ def accuracy(args) -> None:
         for r in results
     ]
     print_table(("method", "CPU s / s", "wall s / s", "settings"), rows)
-    rounds = []
-    if args.speed_rounds:
-        every = methods(args)
-        pair = every[:1] + [m for m in every if m.name == "SwiftF0"]
-        done = {r.name: r.reason for r in results}
-        if len(pair) == 2 and all(done.get(m.name) is None for m in pair):
-            clips = [c for group in sets.values() for c in group]
-            rounds = speed_rounds(pair, clips, args.speed_rounds)
-            print(f"\nCPU s / s over the same {total:.1f} s in {len(rounds)} rounds, order swapped every round")
-            rows = [(str(i), f"{a:.4f}", f"{b:.4f}", f"{a / b:.2f}") for i, (a, b) in enumerate(rounds)]
-            rows.append(("median", "", "", f"{statistics.median(a / b for a, b in rounds):.2f}"))
-            print_table(("round", pair[0].name, pair[1].name, "ratio"), rows)
-        else:
-            print("\nSpeed rounds: need the first audiolab model and SwiftF0, both available")
+    rounds = report_speed_rounds(args, results, sets, total) if args.speed_rounds > 0 else None
     stream_row = streaming(sets, args.stream_model)
     if stream_row:
         print(f"\nStreaming ({args.stream_model}, weighted argmax, 20-ms chunks) over the same audio")
@@ -636,7 +648,7 @@ def accuracy(args) -> None:
             ],
         }
         if rounds:
-            figures["speed_rounds"] = {"methods": [m.name for m in pair], "cpu_s_per_s": rounds}
+            figures["speed_rounds"] = rounds
         if stream_row:
             figures["streaming"] = dict(zip(("name", "cpu_s_per_s", "times_real_time", "max_cents_to_offline"), stream_row, strict=True))
         args.header["accuracy"] = figures
@@ -700,9 +712,12 @@ def main() -> None:
     g.add_argument("--teacher", default="full", help="audiolab model that labels the speech sets (Viterbi, -60 dB gate)")
     g.add_argument("--seed", type=int, default=0, help="resynthesis and degradation draws; torch seed")
     g.add_argument("--speed-rounds", type=int, default=0,
-                   help="then time the first audiolab model against SwiftF0 this many more times, alternating")
+                   help="then time the first audiolab method that ran against SwiftF0 this many more times, "
+                        "alternating which goes first (default 0: no rounds)")
     g.add_argument("--stream-model", default="fast", help="the model of the streaming row (20-ms chunks)")
     args = parser.parse_args()
+    if args.speed_rounds < 0:
+        raise SystemExit(f"error: --speed-rounds {args.speed_rounds}: a number of rounds is 0 or more")
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
