@@ -536,11 +536,15 @@ def run_method(method: Method, sets: dict[str, list[Clip]], seed: int) -> Result
     return result
 
 
+def round_order(r: int) -> tuple[int, int]:
+    """The order in which the two methods of a speed round run: they take turns first."""
+    return (0, 1) if r % 2 == 0 else (1, 0)
+
+
 def speed_rounds(pair: list[Method], clips: list[Clip], rounds: int) -> list[list[float]]:
     """CPU seconds per second of audio of the two methods of ``pair`` over ``clips``, once
-    per round, the order swapped every round so that neither always runs first (both have
-    run once already, so neither can fail to load here). The rounds show how much one pass
-    varies and give the ratio its median."""
+    per round, in :func:`round_order` (both have run once already, so neither can fail to
+    load here). The rounds show how much one pass varies and give the ratio its median."""
     tracks = [method.make() for method in pair]
     seconds = sum(c.audio.numel() for c in clips) / RATE
     for track in tracks:
@@ -548,11 +552,8 @@ def speed_rounds(pair: list[Method], clips: list[Clip], rounds: int) -> list[lis
     out = []
     for r in range(rounds):
         cpu = [0.0, 0.0]
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            start = time.process_time()
-            for clip in clips:
-                tracks[i](clip.audio)
-            cpu[i] = (time.process_time() - start) / seconds
+        for i in round_order(r):
+            cpu[i] = cpu_time(lambda t=tracks[i]: [t(clip.audio) for clip in clips])[0] / seconds
         out.append(cpu)
     return out
 
@@ -568,17 +569,19 @@ def report_speed_rounds(args, results: list[Result], sets: dict[str, list[Clip]]
         missing = " and ".join(what for what, m in (("an audiolab model (--models, --ckpt)", ours), ("SwiftF0", peer)) if m is None)
         print(f"\nSpeed rounds left out: {missing} did not run")
         return None
-    rounds = speed_rounds([ours, peer], [c for group in sets.values() for c in group], args.speed_rounds)
+    pair = [ours, peer]
+    rounds = speed_rounds(pair, [c for group in sets.values() for c in group], args.speed_rounds)
     ratios = [a / b for a, b in rounds]
     median = statistics.median(ratios)
+    first = [pair[round_order(r)[0]].name for r in range(len(rounds))]
     print(f"\nCPU s / s over the same {total:.1f} s in {len(rounds)} rounds, order swapped every round "
           "(ratios from the unrounded times)")
-    rows = [(str(i), ours.name if i % 2 == 0 else peer.name, f"{a:.4f}", f"{b:.4f}", f"{q:.2f}")
-            for i, ((a, b), q) in enumerate(zip(rounds, ratios, strict=True))]
+    rows = [(str(r), name, f"{a:.4f}", f"{b:.4f}", f"{q:.2f}")
+            for r, (name, (a, b), q) in enumerate(zip(first, rounds, ratios, strict=True))]
     rows.append(("median", "", "", "", f"{median:.2f}"))
     print_table(("round", "first", ours.name, peer.name, "ratio"), rows)
-    return {"methods": [ours.name, peer.name], "cpu_s_per_s": rounds, "ratios": ratios, "median_ratio": median,
-            "first": [ours.name if i % 2 == 0 else peer.name for i in range(len(rounds))]}
+    return {"methods": [m.name for m in pair], "cpu_s_per_s": rounds, "ratios": ratios, "median_ratio": median,
+            "first": first}
 
 
 def git_commit() -> str:
