@@ -116,6 +116,29 @@ def test_long_inputs_are_decoded_in_segments_to_the_same_path(monkeypatch, batch
         np.testing.assert_array_equal(segmented[b].numpy(), librosa.sequence.viterbi(obs[b].T, transition.numpy()))
 
 
+def test_few_sequences_are_decoded_on_one_thread_and_the_setting_is_restored(monkeypatch):
+    """A single clip's forward pass is microseconds of work per step: one thread; a batch of
+    `_PARALLEL_SEQUENCES` keeps the process's threads; the setting is the same after."""
+    seen = []
+    forward = viterbi_module._forward
+
+    def recording(*args):
+        seen.append(torch.get_num_threads())
+        forward(*args)
+
+    monkeypatch.setattr(viterbi_module, "_forward", recording)
+    rng = np.random.default_rng(4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for batch in (1, viterbi_module._PARALLEL_SEQUENCES - 1, viterbi_module._PARALLEL_SEQUENCES):
+            viterbi_module.crepe_viterbi(torch.from_numpy(random_observations(rng, (batch, 30, 360))))
+            assert torch.get_num_threads() == 2
+        assert seen == [1, 1, 2]
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_viterbi_path_equals_librosa_with_dense_transitions_and_initial(seed):
     rng = np.random.default_rng(seed)
