@@ -16,15 +16,25 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread for the test, restored after it."""
+def _torch_threads(n: int):
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored after it."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test, restored after it."""
+    yield from _torch_threads(2)
 
 
 @pytest.fixture(scope="session")

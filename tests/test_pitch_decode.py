@@ -116,7 +116,7 @@ def test_long_inputs_are_decoded_in_segments_to_the_same_path(monkeypatch, batch
         np.testing.assert_array_equal(segmented[b].numpy(), librosa.sequence.viterbi(obs[b].T, transition.numpy()))
 
 
-def test_few_sequences_are_decoded_on_one_thread_and_the_setting_is_restored(monkeypatch):
+def test_few_sequences_are_decoded_on_one_thread_and_the_setting_is_restored(monkeypatch, two_threads):
     """A single clip's forward pass is microseconds of work per step: one thread; a batch of
     `_PARALLEL_SEQUENCES` keeps the process's threads; the setting is the same after."""
     seen = []
@@ -128,15 +128,10 @@ def test_few_sequences_are_decoded_on_one_thread_and_the_setting_is_restored(mon
 
     monkeypatch.setattr(viterbi_module, "_forward", recording)
     rng = np.random.default_rng(4)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for batch in (1, viterbi_module._PARALLEL_SEQUENCES - 1, viterbi_module._PARALLEL_SEQUENCES):
-            viterbi_module.crepe_viterbi(torch.from_numpy(random_observations(rng, (batch, 30, 360))))
-            assert torch.get_num_threads() == 2
-        assert seen == [1, 1, 2]
-    finally:
-        torch.set_num_threads(before)
+    for batch in (1, viterbi_module._PARALLEL_SEQUENCES - 1, viterbi_module._PARALLEL_SEQUENCES):
+        viterbi_module.crepe_viterbi(torch.from_numpy(random_observations(rng, (batch, 30, 360))))
+        assert torch.get_num_threads() == 2
+    assert seen == [1, 1, 2]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -171,25 +171,20 @@ class SmallThreadsSeen(ThreadsSeen):
         return 500_000
 
 
-def test_small_work_runs_on_one_thread_and_the_setting_is_restored():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        net = SmallThreadsSeen()
-        frames = inference.PARALLEL_MACS // net.macs_per_frame()  # the first that keep 2 threads
-        short = 160 * (frames - 2)  # frames - 1 frames
-        pitch.predict(torch.randn(short), 16000, model=net)
-        pitch.predict(torch.randn(short + 160), 16000, model=net)
-        assert net.seen == [1, 2]
-        assert torch.get_num_threads() == 2
-        stream = pitch.PitchStream(16000, model=net, decoder="weighted_argmax")
-        stream.push(torch.randn(16000), 16000)  # 100 final frames at once
-        assert net.seen[-1] == 1 and torch.get_num_threads() == 2
-        unknown = ThreadsSeen()  # a network that does not report its cost keeps its threads
-        pitch.predict(torch.randn(1600), 16000, model=unknown)
-        assert unknown.seen == [2]
-    finally:
-        torch.set_num_threads(before)
+def test_small_work_runs_on_one_thread_and_the_setting_is_restored(two_threads):
+    net = SmallThreadsSeen()
+    frames = inference.PARALLEL_MACS // net.macs_per_frame()  # the first that keep 2 threads
+    short = 160 * (frames - 2)  # frames - 1 frames
+    pitch.predict(torch.randn(short), 16000, model=net)
+    pitch.predict(torch.randn(short + 160), 16000, model=net)
+    assert net.seen == [1, 2]
+    assert torch.get_num_threads() == 2
+    stream = pitch.PitchStream(16000, model=net, decoder="weighted_argmax")
+    stream.push(torch.randn(16000), 16000)  # 100 final frames at once
+    assert net.seen[-1] == 1 and torch.get_num_threads() == 2
+    unknown = ThreadsSeen()  # a network that does not report its cost keeps its threads
+    pitch.predict(torch.randn(1600), 16000, model=unknown)
+    assert unknown.seen == [2]
 
 
 class Failing(SmallThreadsSeen):
@@ -198,16 +193,11 @@ class Failing(SmallThreadsSeen):
         raise RuntimeError("boom")
 
 
-def test_the_thread_setting_is_restored_when_the_network_fails():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        net = Failing()
-        with pytest.raises(RuntimeError, match="boom"):
-            pitch.embed(torch.randn(1600), 16000, model=net)
-        assert net.seen == [1] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+def test_the_thread_setting_is_restored_when_the_network_fails(two_threads):
+    net = Failing()
+    with pytest.raises(RuntimeError, match="boom"):
+        pitch.embed(torch.randn(1600), 16000, model=net)
+    assert net.seen == [1] and torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("hop_length", [0, -160])

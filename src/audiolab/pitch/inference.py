@@ -33,7 +33,7 @@ from audiolab.pitch.pretrained import (
 )
 from audiolab.utils.atomic import atomic_write
 from audiolab.utils.errors import AudiolabError
-from audiolab.utils.threads import at_most_threads
+from audiolab.utils.threads import one_cpu_thread_when
 
 FMIN, FMAX = 32.7, 1975.5  # C1 and B7, CREPE's range
 # A call of a network that reports its cost (`macs_per_frame()`, as HarmonicPitchNet does)
@@ -142,9 +142,7 @@ def threads_for(net: nn.Module, n_frames: int, device: torch.device) -> contextl
     (``macs_per_frame()``) when they cost less than :data:`PARALLEL_MACS`; the process's
     threads otherwise, and on accelerators."""
     cost = getattr(net, "macs_per_frame", None)
-    if torch.device(device).type == "cpu" and cost is not None and n_frames * cost() < PARALLEL_MACS:
-        return at_most_threads(1)
-    return contextlib.nullcontext()
+    return one_cpu_thread_when(cost is not None and n_frames * cost() < PARALLEL_MACS, device)
 
 
 def _run(net: nn.Module, fn, audio: torch.Tensor, hop_length: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:

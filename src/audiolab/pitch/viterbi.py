@@ -25,14 +25,13 @@ float32 probabilities); the paths differ only where librosa's path takes such a
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
 import torch
 
 from audiolab.audio.pitch_grid import N_BINS
-from audiolab.utils.threads import at_most_threads
+from audiolab.utils.threads import one_cpu_thread_when
 
 # Frames whose log-observations are taken at once: bounds that temporary on long inputs.
 BLOCK = 256
@@ -170,9 +169,8 @@ def _decode(observations: torch.Tensor, band: torch.Tensor, band_host: np.ndarra
     batch, padded = obs.shape[0], n_states + 2 * reach
     # frames whose scores are held at once; longer inputs are decoded in segments
     seg = max(2, _SCORES_BYTES // (batch * padded * band.element_size()))
-    few = batch < _PARALLEL_SEQUENCES and device.type == "cpu"
     # no autograd bookkeeping in the loop: a tenth of the time of each small operation
-    with torch.inference_mode(), at_most_threads(1) if few else contextlib.nullcontext():
+    with torch.inference_mode(), one_cpu_thread_when(batch < _PARALLEL_SEQUENCES, device):
         scores = torch.empty((batch, min(seg, n_frames), padded), dtype=dtype, device=device)
         if n_frames <= seg:
             _forward(obs, band, log_init, tiny, scores, 0)

@@ -55,3 +55,11 @@ def at_most_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def one_cpu_thread_when(small: bool, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """:func:`at_most_threads` ``(1)`` for ``small`` work on a CPU; on accelerators, and for
+    work that is not small, the threads stay as they are."""
+    if small and torch.device(device).type == "cpu":
+        return at_most_threads(1)
+    return contextlib.nullcontext()
