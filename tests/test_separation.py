@@ -12,6 +12,7 @@ from helpers import require_shared
 from torch import nn
 
 from audiolab.audio.io import AudioFileError, find_audio_files, track_name
+from audiolab.audio.stft import Stft
 from audiolab.losses.separation import (
     MultiResolutionStftLoss,
     SeparationLoss,
@@ -296,6 +297,18 @@ def test_losses_are_zero_for_perfect_estimates_and_per_target():
     torch.testing.assert_close(total, parts["wave"] + 2 * parts["spec"])
     with pytest.raises(ValueError, match="unknown terms"):
         SeparationLoss({"wave": WaveformL1()}, {"spec": 1.0})
+
+
+def test_complex_spectrogram_loss_is_the_difference_of_two_transforms():
+    # the loss takes one STFT of est - ref; the definition compares the two spectrograms
+    ref, est = torch.randn(2, 3, 2, 4096), torch.randn(2, 3, 2, 4096)
+    stft = Stft(512, 128)
+    for norm, max_bin in (("l1", None), ("mse", 100)):
+        diff = torch.view_as_real(stft(est)[..., :max_bin, :] - stft(ref)[..., :max_bin, :])
+        diff = diff.abs() if norm == "l1" else diff.square()
+        expected = diff.transpose(0, 1).reshape(3, -1).mean(1)
+        got = SpectrogramLoss(512, 128, norm=norm, max_bin=max_bin)(est, ref)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_losses_have_gradients():

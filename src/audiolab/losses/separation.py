@@ -47,13 +47,11 @@ class SpectrogramLoss(nn.Module):
         self.stft = Stft(n_fft, hop_length)
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        est, ref = self.stft(estimates), self.stft(references)
-        if self.max_bin is not None:
-            est, ref = est[..., : self.max_bin, :], ref[..., : self.max_bin, :]
-        if self.kind == "complex":
-            diff = torch.view_as_real(est - ref)
+        if self.kind == "complex":  # the STFT is linear: one transform of the difference
+            diff = torch.view_as_real(self.stft(estimates - references)[..., : self.max_bin, :])
         else:
-            diff = est.abs() - ref.abs()
+            est, ref = self.stft(estimates), self.stft(references)
+            diff = est[..., : self.max_bin, :].abs() - ref[..., : self.max_bin, :].abs()
         return _per_target(diff.abs() if self.norm == "l1" else diff.square())
 
 
