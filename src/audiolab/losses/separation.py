@@ -47,11 +47,13 @@ class SpectrogramLoss(nn.Module):
         self.stft = Stft(n_fft, hop_length)
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        def spec(wave: torch.Tensor) -> torch.Tensor:
+            return self.stft(wave)[..., : self.max_bin, :]
+
         if self.kind == "complex":  # the STFT is linear: one transform of the difference
-            diff = torch.view_as_real(self.stft(estimates - references)[..., : self.max_bin, :])
+            diff = torch.view_as_real(spec(estimates - references))
         else:
-            est, ref = self.stft(estimates), self.stft(references)
-            diff = est[..., : self.max_bin, :].abs() - ref[..., : self.max_bin, :].abs()
+            diff = spec(estimates).abs() - spec(references).abs()
         return _per_target(diff.abs() if self.norm == "l1" else diff.square())
 
 
